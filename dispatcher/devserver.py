@@ -1,0 +1,90 @@
+"""``dispatcher dev`` (what ``make run`` starts): everything on one machine.
+
+Embedded Redis unless ``REDIS_URL`` is set, SQLite under ``var/`` unless ``DATABASE_URL``
+is set, the API, one worker pool process per provider in ``settings.pools``, and a
+development tenant whose key is printed and written to ``var/dev-api-key``. Ctrl-C
+stops every process it started.
+"""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import structlog
+
+from dispatcher.db import init_db, make_engine
+from dispatcher.embedded_redis import EmbeddedRedis
+from dispatcher.settings import Settings
+from dispatcher.tenancy import ensure_dev_key
+
+log = structlog.get_logger(__name__)
+
+
+def run_dev(settings: Settings) -> int:
+    settings.var_dir.mkdir(parents=True, exist_ok=True)
+    embedded = None if settings.redis_url else EmbeddedRedis(settings.embedded_redis_dir)
+    redis_url = embedded.start() if embedded else str(settings.redis_url)
+    engine = make_engine(settings.resolved_database_url)
+    init_db(engine)
+    key = ensure_dev_key(engine, settings.var_dir / "dev-api-key")
+    engine.dispose()
+    env = os.environ | {"REDIS_URL": redis_url, "DATABASE_URL": settings.resolved_database_url}
+    children = [_spawn(["dispatcher", "serve"], env)]
+    children += [_spawn(["workers", provider], env) for provider in settings.pools]
+    _banner(settings, key)
+    try:
+        return _supervise(children)
+    finally:
+        _stop(children)
+        if embedded:
+            embedded.stop()
+
+
+def _spawn(module_and_args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "-m", *module_and_args], env=env)
+
+
+def _supervise(children: list[subprocess.Popen[bytes]]) -> int:
+    stopping = False
+
+    def on_signal(*_: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    while not stopping:
+        for child in children:
+            if child.poll() is not None:
+                log.error(
+                    "a process exited; stopping the rest", args=child.args, code=child.returncode
+                )
+                return 1
+        time.sleep(0.2)
+    return 0
+
+
+def _stop(children: list[subprocess.Popen[bytes]]) -> None:
+    for child in children:
+        if child.poll() is None:
+            child.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + 35
+    for child in children:
+        try:
+            child.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            child.kill()
+
+
+def _banner(settings: Settings, key: str) -> None:
+    url = f"http://{settings.host}:{settings.port}"
+    print(
+        f"\n  dispatcher running at {url}  (docs: {url}/docs)\n"
+        f"  dev API key: {key}  (also in {settings.var_dir / 'dev-api-key'})\n"
+        f'  try: curl -H "Authorization: Bearer $(cat {settings.var_dir / "dev-api-key"})" '
+        f'-d \'{{"app":"simulated/echo","input":{{"prompt":"hi"}}}}\' {url}/v1/run\n'
+        "  Ctrl-C stops everything.\n",
+        flush=True,
+    )

@@ -1,0 +1,107 @@
+"""The results store's tables. Repository functions in ``dispatcher.store`` are their only users."""
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON, Column, Index, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+from dispatcher.db import UTCDateTime, utcnow
+
+
+def _json(nullable: bool = True) -> Any:
+    return Field(default=None, sa_column=Column(JSON, nullable=nullable))
+
+
+def _time(*, required: bool = False, index: bool = False) -> Any:
+    column: Column[datetime] = Column(UTCDateTime(), nullable=not required, index=index)
+    if required:
+        return Field(default_factory=utcnow, sa_column=column)
+    return Field(default=None, sa_column=column)
+
+
+class Tenant(SQLModel, table=True):
+    id: str = Field(primary_key=True)
+    name: str = Field(unique=True)
+    created_at: datetime = _time(required=True)
+
+
+class ApiKey(SQLModel, table=True):
+    id: str = Field(primary_key=True)
+    tenant_id: str = Field(foreign_key="tenant.id", index=True)
+    key_hash: str = Field(unique=True)
+    prefix: str
+    name: str = ""
+    created_at: datetime = _time(required=True)
+    revoked_at: datetime | None = _time()
+
+
+class Run(SQLModel, table=True):
+    __table_args__ = (
+        Index("ix_run_tenant_id_id", "tenant_id", "id"),
+        Index("ix_run_status_lease", "status", "lease_expires_at"),
+    )
+
+    id: str = Field(primary_key=True)
+    tenant_id: str = Field(foreign_key="tenant.id")
+    app: str
+    status: str
+    input: dict[str, Any] = _json(nullable=False)
+    meta: dict[str, str] | None = _json()
+    webhook: str | None = None
+    chain: list[dict[str, Any]] = _json(nullable=False)
+    hop_index: int = 0
+    attempt_count: int = 0
+    output: dict[str, Any] | None = _json()
+    error: dict[str, Any] | None = _json()
+    usage: dict[str, Any] | None = _json()
+    provider: str | None = None
+    model: str | None = None
+    credential_kind: str | None = None
+    credential_name: str | None = None
+    claim_token: str | None = None
+    lease_expires_at: datetime | None = _time()
+    created_at: datetime = _time(required=True)
+    started_at: datetime | None = _time()
+    finished_at: datetime | None = _time()
+
+
+class Attempt(SQLModel, table=True):
+    __table_args__ = (UniqueConstraint("run_id", "number"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    run_id: str = Field(foreign_key="run.id", index=True)
+    number: int
+    hop: int
+    provider: str
+    model: str | None = None
+    credential_kind: str
+    credential_name: str | None = None
+    outcome: str
+    status_code: int | None = None
+    error_class: str | None = None
+    message: str | None = None
+    retry_after_s: float | None = None
+    latency_ms: float
+    usage: dict[str, Any] | None = _json()
+    started_at: datetime = _time(required=True)
+    finished_at: datetime = _time(required=True)
+
+
+class UsageEvent(SQLModel, table=True):
+    """Exactly one per attempt: ``attempt_id`` is unique."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    attempt_id: int = Field(foreign_key="attempt.id", unique=True)
+    tenant_id: str = Field(index=True)
+    run_id: str
+    app: str
+    provider: str
+    credential_kind: str
+    input_tokens: int = 0
+    output_tokens: int = 0
+    units: float = 0
+    latency_ms: float
+    outcome: str
+    billed_to: str
+    created_at: datetime = _time(required=True, index=True)

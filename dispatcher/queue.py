@@ -1,0 +1,49 @@
+"""The queues: one dramatiq queue per provider, ``run.<provider>``.
+
+A message carries a run id and a hop index, never an input or a secret: the run's
+state lives in the store. Workers declare one actor per provider under the names
+given here, so the dispatcher can enqueue without importing them.
+"""
+
+import dramatiq
+import redis
+from dramatiq.brokers.redis import RedisBroker
+from dramatiq.middleware import Middleware, Retries
+
+from dispatcher.settings import Settings
+
+
+def queue_name(provider: str) -> str:
+    return f"run.{provider}"
+
+
+def actor_name(provider: str) -> str:
+    return f"run_hop.{provider}"
+
+
+def make_broker(
+    settings: Settings, redis_url: str, middleware: list[Middleware] | None = None
+) -> RedisBroker:
+    """A Redis broker tuned for quick redelivery: a dead worker's messages come back in seconds."""
+    client = redis.Redis.from_url(redis_url)
+    return RedisBroker(  # type: ignore[no-untyped-call]
+        client=client,
+        namespace=settings.redis_namespace,
+        heartbeat_timeout=settings.heartbeat_timeout_ms,
+        maintenance_chance=settings.maintenance_chance,
+        # The queue never retries on its own: the fallback decision owns retries.
+        middleware=[Retries(max_retries=0), *(middleware or [])],
+    )
+
+
+def enqueue_hop(
+    broker: RedisBroker, run_id: str, hop_index: int, provider: str, delay_s: float = 0.0
+) -> None:
+    message: dramatiq.Message[None] = dramatiq.Message(
+        queue_name=queue_name(provider),
+        actor_name=actor_name(provider),
+        args=(run_id, hop_index),
+        kwargs={},
+        options={},
+    )
+    broker.enqueue(message, delay=int(delay_s * 1000) if delay_s > 0 else None)

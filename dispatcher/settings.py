@@ -1,0 +1,86 @@
+"""Settings: the one place that reads the environment.
+
+Everything else receives a ``Settings`` (or the values it needs) as an argument.
+"""
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _env(name: str) -> AliasChoices:
+    """Accept both ``DISPATCHER_<NAME>`` and, for the well-known ones, the bare name."""
+    return AliasChoices(f"DISPATCHER_{name}", name)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="DISPATCHER_", extra="ignore", populate_by_name=True
+    )
+
+    environment: Literal["development", "test", "production"] = "development"
+    var_dir: Path = Path("var")
+    database_url: str | None = Field(default=None, validation_alias=_env("DATABASE_URL"))
+    redis_url: str | None = Field(default=None, validation_alias=_env("REDIS_URL"))
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, validation_alias=_env("PORT"))
+
+    log_format: Literal["console", "json"] | None = None
+    log_level: str = "INFO"
+
+    #: Prefix of every Redis key the dispatcher and its queues write.
+    redis_namespace: str = "dispatcher"
+    #: Provider pools `dispatcher dev` starts, and the providers that have shared compute.
+    pools: list[str] = ["simulated"]
+    shared_providers: list[str] = ["simulated"]
+
+    max_body_bytes: int = 1024 * 1024
+    api_key_cache_s: float = 30.0
+
+    # Worker pools.
+    worker_threads: int = 8
+    #: How long an idle consumer sleeps between polls of an empty queue.
+    worker_poll_ms: int = 10
+    #: Provider calls one worker process holds in flight at once.
+    max_in_flight: int = 1000
+    #: Threads that write outcomes to the store, per worker process.
+    store_threads: int = 4
+    #: A claimed run's lease; renewed while its worker lives, swept when it lapses.
+    lease_s: float = 30.0
+    lease_renew_s: float = 10.0
+    sweep_interval_s: float = 5.0
+    #: A queued run untouched this long gets its message sent again (a lost enqueue).
+    requeue_after_s: float = 600.0
+    #: A worker silent this long is dead; its unacknowledged messages are redelivered.
+    heartbeat_timeout_ms: int = 15_000
+    #: Out of a million broker commands, how many run queue maintenance.
+    maintenance_chance: int = 20_000
+
+    @property
+    def development(self) -> bool:
+        return self.environment != "production"
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.var_dir / 'dispatcher.db'}"
+
+    @property
+    def resolved_log_format(self) -> str:
+        return self.log_format or ("console" if self.development else "json")
+
+    @property
+    def embedded_redis_dir(self) -> Path:
+        return self.var_dir / "redis"
+
+    def locate_redis(self) -> str:
+        """``REDIS_URL``, else the embedded Redis that ``dispatcher dev`` runs under ``var/``."""
+        if self.redis_url:
+            return self.redis_url
+        socket = self.embedded_redis_dir / "redis.sock"
+        if socket.exists():
+            return f"unix://{socket.resolve()}"
+        raise RuntimeError(
+            "no Redis: set REDIS_URL, or start `dispatcher dev` (it runs an embedded one)"
+        )

@@ -1,0 +1,1 @@
+"""Repository functions over the results store: the only place SQL is written."""

@@ -1,0 +1,231 @@
+"""A run's state machine, as conditional updates.
+
+    queued --claim--> running --record(Succeed)--> succeeded
+                         |----record(NextHop)----> queued (next hop, maybe after a delay)
+                         |----record(Fail)-------> failed
+                         '----lease lapses-------> queued (the sweeper sends it again)
+
+Every transition names the state it expects, so a duplicated or redelivered message,
+or a worker that lost its lease, changes nothing: exactly one result, one attempt row
+and one usage event per attempt.
+"""
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import func, literal
+from sqlmodel import Session, and_, col, or_, select, update
+
+from dispatcher.db import UTCDateTime, utcnow
+from dispatcher.models import Attempt, Run, UsageEvent
+from schemas.hops import Hop
+from schemas.inference import Usage
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A worker's hold on one attempt of a run; ``token`` proves it when recording."""
+
+    run_id: str
+    tenant_id: str
+    app: str
+    input: dict[str, Any]
+    chain: list[Hop]
+    hop_index: int
+    attempt: int
+    token: str
+    created_at: datetime
+
+    @property
+    def hop(self) -> Hop:
+        return self.chain[self.hop_index]
+
+
+@dataclass(frozen=True)
+class Succeed:
+    output: dict[str, Any]
+    usage: Usage
+
+
+@dataclass(frozen=True)
+class NextHop:
+    """Queue the run again at ``hop`` (possibly the same one), after ``delay_s``."""
+
+    hop: int
+    provider: str
+    delay_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class Fail:
+    code: str
+    message: str
+    status_code: int | None = None
+
+
+Decision = Succeed | NextHop | Fail
+
+
+def claim_run(session: Session, run_id: str, hop_index: int, lease_s: float) -> Claim | None:
+    """Take a queued run (or one whose lease lapsed) at ``hop_index``; None if not ours to take."""
+    now = utcnow()
+    token = uuid.uuid4().hex
+    claimable = or_(
+        col(Run.status) == "queued",
+        and_(col(Run.status) == "running", col(Run.lease_expires_at) < now),
+    )
+    row = session.exec(
+        update(Run)
+        .where(col(Run.id) == run_id, col(Run.hop_index) == hop_index, claimable)
+        .values(
+            status="running",
+            claim_token=token,
+            lease_expires_at=now + timedelta(seconds=lease_s),
+            attempt_count=col(Run.attempt_count) + 1,
+            started_at=func.coalesce(col(Run.started_at), literal(now, UTCDateTime())),
+        )
+        .returning(
+            col(Run.tenant_id),
+            col(Run.app),
+            col(Run.input),
+            col(Run.chain),
+            col(Run.attempt_count),
+            col(Run.created_at),
+        )
+    ).first()
+    if row is None:
+        return None
+    tenant_id, app, input_, chain, attempt, created_at = row
+    return Claim(
+        run_id=run_id,
+        tenant_id=tenant_id,
+        app=app,
+        input=input_,
+        chain=[Hop.model_validate(hop) for hop in chain],
+        hop_index=hop_index,
+        attempt=attempt,
+        token=token,
+        created_at=created_at,
+    )
+
+
+def record(
+    session: Session, claim: Claim, attempt: Attempt, decision: Decision, *, requeue_after_s: float
+) -> bool:
+    """Write one attempt, its usage event, and the run's next state, if the claim still holds.
+
+    False (and nothing written) when the lease was lost to another worker or the run ended.
+    """
+    now = utcnow()
+    result = session.exec(
+        update(Run)
+        .where(col(Run.id) == claim.run_id, col(Run.claim_token) == claim.token)
+        .where(col(Run.status) == "running")
+        .values(**_next_state(decision, claim, now, requeue_after_s))
+    )
+    if result.rowcount != 1:
+        return False
+    session.add(attempt)
+    session.flush()
+    assert attempt.id is not None
+    session.add(_usage_event(claim, attempt))
+    return True
+
+
+def _next_state(
+    decision: Decision, claim: Claim, now: datetime, requeue_after_s: float
+) -> dict[str, Any]:
+    released: dict[str, Any] = {"claim_token": None}
+    match decision:
+        case Succeed(output=output, usage=usage):
+            hop = claim.hop
+            return released | {
+                "status": "succeeded",
+                "output": output,
+                "usage": usage.model_dump(),
+                "provider": hop.provider,
+                "model": hop.model,
+                "credential_kind": hop.credential_kind,
+                "credential_name": hop.credential_name,
+                "finished_at": now,
+                "lease_expires_at": None,
+            }
+        case NextHop(hop=hop_index, delay_s=delay_s):
+            return released | {
+                "status": "queued",
+                "hop_index": hop_index,
+                # If the message is lost, the sweeper sends it again after this.
+                "lease_expires_at": now + timedelta(seconds=delay_s + requeue_after_s),
+            }
+        case Fail(code=code, message=message, status_code=status_code):
+            error = {"code": code, "message": message, "provider": claim.hop.provider}
+            return released | {
+                "status": "failed",
+                "error": error | {"status_code": status_code},
+                "finished_at": now,
+                "lease_expires_at": None,
+            }
+    raise TypeError(decision)
+
+
+def _usage_event(claim: Claim, attempt: Attempt) -> UsageEvent:
+    usage = Usage.model_validate(attempt.usage or {})
+    assert attempt.id is not None
+    return UsageEvent(
+        attempt_id=attempt.id,
+        tenant_id=claim.tenant_id,
+        run_id=claim.run_id,
+        app=claim.app,
+        provider=attempt.provider,
+        credential_kind=attempt.credential_kind,
+        input_tokens=usage.input_tokens,
+        output_tokens=usage.output_tokens,
+        units=usage.units,
+        latency_ms=attempt.latency_ms,
+        outcome=attempt.outcome,
+        billed_to="tenant_cloud" if attempt.credential_kind == "byok" else "platform",
+    )
+
+
+def renew_leases(session: Session, tokens: dict[str, str], lease_s: float) -> int:
+    """Extend the leases of the runs a live worker holds (run id -> claim token)."""
+    if not tokens:
+        return 0
+    result = session.exec(
+        update(Run)
+        .where(col(Run.id).in_(list(tokens)), col(Run.claim_token).in_(list(tokens.values())))
+        .values(lease_expires_at=utcnow() + timedelta(seconds=lease_s))
+    )
+    return result.rowcount
+
+
+def sweep(session: Session, requeue_after_s: float, limit: int = 500) -> list[tuple[str, int, str]]:
+    """Take back runs whose lease lapsed (dead worker) or whose message was lost.
+
+    Returns (run id, hop index, provider) for each run this call took; the caller enqueues
+    them. Each take is itself conditional, so concurrent sweepers never both take a run.
+    """
+    now = utcnow()
+    stale = session.exec(
+        select(Run.id, Run.status, Run.hop_index, Run.chain)
+        .where(col(Run.status).in_(("queued", "running")), col(Run.lease_expires_at) < now)
+        .limit(limit)
+    ).all()
+    taken = []
+    for run_id, status, hop_index, chain in stale:
+        result = session.exec(
+            update(Run)
+            .where(
+                col(Run.id) == run_id, col(Run.status) == status, col(Run.lease_expires_at) < now
+            )
+            .values(
+                status="queued",
+                claim_token=None,
+                lease_expires_at=now + timedelta(seconds=requeue_after_s),
+            )
+        )
+        if result.rowcount == 1:
+            taken.append((run_id, hop_index, chain[hop_index]["provider"]))
+    return taken

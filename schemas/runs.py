@@ -1,0 +1,106 @@
+"""Request and response bodies of the runs API."""
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, model_validator
+
+from schemas.inference import Usage
+
+RunStatus = Literal["queued", "running", "succeeded", "failed", "canceled", "expired"]
+TERMINAL_STATUSES: frozenset[str] = frozenset({"succeeded", "failed", "canceled", "expired"})
+CredentialKind = Literal["byok", "shared"]
+
+#: Fields a client may not set: the server owns them.
+SERVER_OWNED_FIELDS: frozenset[str] = frozenset(
+    {"id", "tenant_id", "status", "cost", "output", "usage", "attempts", "provider", "created_at"}
+)
+
+
+class RunCreate(BaseModel):
+    """``POST /v1/run``. Unknown fields are refused, server-owned ones by name."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    app: str = Field(
+        min_length=3, max_length=200, pattern=r"^[a-z0-9][a-z0-9._-]*/[A-Za-z0-9._:@-]+$"
+    )
+    input: dict[str, Any]
+    webhook: AnyHttpUrl | None = None
+    metadata: dict[str, str] | None = Field(default=None, max_length=32)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _refuse_server_owned(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            owned = sorted(SERVER_OWNED_FIELDS & data.keys())
+            if owned:
+                raise ValueError(f"{', '.join(owned)}: set by the server, not by a request")
+        return data
+
+
+class RunUrls(BaseModel):
+    self: str
+
+
+class RunAccepted(BaseModel):
+    id: str
+    status: RunStatus
+    app: str
+    created_at: datetime
+    urls: RunUrls
+
+
+class RunError(BaseModel):
+    code: str
+    message: str
+    provider: str | None = None
+    status_code: int | None = None
+
+
+class AttemptPublic(BaseModel):
+    number: int
+    hop: int
+    provider: str
+    model: str | None
+    credential_kind: CredentialKind
+    credential_name: str | None
+    outcome: Literal["succeeded", "failed"]
+    status_code: int | None
+    error_class: str | None
+    message: str | None
+    retry_after_s: float | None
+    latency_ms: float
+    usage: Usage | None
+    started_at: datetime
+    finished_at: datetime
+
+
+class Timings(BaseModel):
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    queued_ms: float | None
+    total_ms: float | None
+
+
+class RunPublic(BaseModel):
+    id: str
+    app: str
+    status: RunStatus
+    output: dict[str, Any] | None
+    error: RunError | None
+    usage: Usage | None
+    provider: str | None
+    model: str | None
+    credential_kind: CredentialKind | None
+    credential_name: str | None
+    metadata: dict[str, str] | None
+    attempts: list[AttemptPublic]
+    timings: Timings
+    created_at: datetime
+
+
+class RunPage(BaseModel):
+    data: list[RunPublic]
+    next_cursor: str | None

@@ -1,0 +1,107 @@
+"""A run through the real API, real Redis, a real worker process and the real store."""
+
+from datetime import datetime
+
+import httpx
+import pytest
+
+from tests.support.system import System, wait_for_run
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture
+def client(system: System, api_key: str) -> httpx.Client:
+    return system.client(api_key)
+
+
+def test_a_submitted_run_succeeds_with_output_usage_provider_and_timings(
+    client: httpx.Client,
+) -> None:
+    accepted = client.post(
+        "/v1/run", json={"app": "simulated/echo", "input": {"prompt": "hi there"}}
+    )
+    assert accepted.status_code == 202
+    body = accepted.json()
+    assert body["status"] == "queued" and body["app"] == "simulated/echo"
+    assert body["urls"]["self"] == f"/v1/runs/{body['id']}"
+
+    run = wait_for_run(client, body["id"], timeout_s=10)
+    assert run["status"] == "succeeded"
+    assert run["output"]["text"] == "hi there"
+    assert run["usage"]["input_tokens"] == 2 and run["usage"]["output_tokens"] == 2
+    assert (run["provider"], run["credential_kind"]) == ("simulated", "shared")
+    [attempt] = run["attempts"]
+    assert attempt["outcome"] == "succeeded" and attempt["hop"] == 0 and attempt["number"] == 1
+    timings = run["timings"]
+    created, finished = (datetime.fromisoformat(timings[k]) for k in ("created_at", "finished_at"))
+    assert finished >= created and timings["total_ms"] >= timings["queued_ms"] >= 0
+
+
+def test_a_body_sent_the_way_curl_sends_it_is_read_as_json(client: httpx.Client) -> None:
+    """``curl -d`` labels JSON as form-urlencoded; the README's first command relies on this."""
+    response = client.post(
+        "/v1/run",
+        content=b'{"app":"simulated/echo","input":{"prompt":"hi"}}',
+        headers={"content-type": "application/x-www-form-urlencoded"},
+    )
+    assert response.status_code == 202
+    assert wait_for_run(client, response.json()["id"])["status"] == "succeeded"
+
+
+def test_a_provider_refusal_fails_the_run_with_the_providers_message(client: httpx.Client) -> None:
+    run_id = client.post(
+        "/v1/run", json={"app": "simulated/echo", "input": {"prompt": "x", "fail_with": 400}}
+    ).json()["id"]
+    run = wait_for_run(client, run_id)
+    assert run["status"] == "failed"
+    assert run["error"]["code"] == "invalid_request"
+    assert "400" in run["error"]["message"]
+    [attempt] = run["attempts"]
+    assert (attempt["status_code"], attempt["error_class"]) == (400, "invalid_request")
+
+
+def test_a_retryable_failure_with_no_further_hop_exhausts_the_chain(client: httpx.Client) -> None:
+    run_id = client.post(
+        "/v1/run",
+        json={
+            "app": "simulated/echo",
+            "input": {"prompt": "x", "fail_with": 503, "retry_after_s": 7},
+        },
+    ).json()["id"]
+    run = wait_for_run(client, run_id)
+    assert run["status"] == "failed" and run["error"]["code"] == "chain_exhausted"
+    [attempt] = run["attempts"]
+    assert attempt["error_class"] == "overloaded" and attempt["retry_after_s"] == 7
+
+
+def test_one_worker_process_holds_many_slow_calls_at_once(
+    system: System, client: httpx.Client
+) -> None:
+    """With 8 worker threads, 120 one-second calls overlap far beyond 8: they are in flight
+    on the event loop, not one per thread. Measured from the attempts' own timestamps."""
+    ids = [
+        client.post(
+            "/v1/run",
+            json={"app": "simulated/echo", "input": {"prompt": f"{i}", "latency_ms": 1000}},
+        ).json()["id"]
+        for i in range(120)
+    ]
+    runs = [wait_for_run(client, run_id, timeout_s=60) for run_id in ids]
+    assert all(run["status"] == "succeeded" for run in runs)
+    spans = [
+        (datetime.fromisoformat(a["started_at"]), datetime.fromisoformat(a["finished_at"]))
+        for run in runs
+        for a in run["attempts"]
+    ]
+    peak = max(sum(1 for s, f in spans if s <= start < f) for start, _ in spans)
+    assert peak > 4 * system.settings.worker_threads
+
+
+def test_tenants_see_only_their_own_runs(system: System, client: httpx.Client) -> None:
+    other = system.client(system.new_tenant("someone-else"))
+    run_id = client.post(
+        "/v1/run", json={"app": "simulated/echo", "input": {"prompt": "mine"}}
+    ).json()["id"]
+    assert other.get(f"/v1/runs/{run_id}").status_code == 404
+    assert run_id not in [run["id"] for run in other.get("/v1/runs").json()["data"]]

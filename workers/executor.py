@@ -1,0 +1,152 @@
+"""The hop executor: claim a run, call its hop's provider, record the outcome, move it on.
+
+dramatiq worker thread          event loop                     store thread
+----------------------          ----------                     ------------
+take a slot, claim the run  ->  adapter.invoke(...)        ->  record attempt + usage
+(a stale message: no-op)        (holds no thread)              + next state, once;
+                                                               enqueue the next hop
+"""
+
+import asyncio
+import time
+from dataclasses import dataclass
+from datetime import datetime
+
+import structlog
+from dramatiq.brokers.redis import RedisBroker
+from sqlalchemy import Engine
+from sqlmodel import Session
+
+from dispatcher.db import utcnow
+from dispatcher.models import Attempt
+from dispatcher.queue import enqueue_hop
+from dispatcher.settings import Settings
+from dispatcher.store import lifecycle
+from dispatcher.store.lifecycle import Claim, Decision, NextHop
+from schemas.inference import InferenceRequest, InferenceResult
+from workers.fallback import decide
+from workers.providers import Adapter
+from workers.providers.errors import ProviderError
+from workers.runtime import Runtime
+
+log = structlog.get_logger(__name__)
+
+Outcome = InferenceResult | ProviderError
+
+
+@dataclass
+class HopExecutor:
+    settings: Settings
+    engine: Engine
+    broker: RedisBroker
+    runtime: Runtime
+    adapters: dict[str, Adapter]
+
+    def handle(self, run_id: str, hop_index: int) -> None:
+        """The actor body: runs on a dramatiq worker thread and returns once the call is started."""
+        self.runtime.slots.acquire()
+        try:
+            claim = self._claim(run_id, hop_index)
+        except BaseException:
+            self.runtime.slots.release()
+            raise
+        if claim is None:
+            self.runtime.slots.release()
+            log.debug(
+                "message skipped: run is not claimable at this hop", run_id=run_id, hop=hop_index
+            )
+            return
+        self.runtime.held[claim.run_id] = claim.token
+        self.runtime.spawn(self.execute(claim))
+
+    def _claim(self, run_id: str, hop_index: int) -> Claim | None:
+        with Session(self.engine) as session:
+            claim = lifecycle.claim_run(session, run_id, hop_index, self.settings.lease_s)
+            session.commit()
+        return claim
+
+    async def execute(self, claim: Claim) -> None:
+        hop = claim.hop
+        context = {"run_id": claim.run_id, "tenant": claim.tenant_id, "provider": hop.provider}
+        with structlog.contextvars.bound_contextvars(
+            **context, hop=claim.hop_index, attempt=claim.attempt
+        ):
+            try:
+                started_at, started = utcnow(), time.perf_counter()
+                outcome = await self._call(claim)
+                attempt = _attempt(
+                    claim, outcome, started_at, (time.perf_counter() - started) * 1000
+                )
+                await self.runtime.in_store_thread(
+                    self._finish, claim, attempt, decide(claim, outcome)
+                )
+            finally:
+                self.runtime.held.pop(claim.run_id, None)
+
+    async def _call(self, claim: Claim) -> Outcome:
+        hop = claim.hop
+        request = InferenceRequest(
+            app=claim.app,
+            model=hop.model or claim.app,
+            input=claim.input,
+            region=hop.region,
+            timeout_s=hop.timeout_s,
+        )
+        adapter = self.adapters[hop.provider]
+        try:
+            return await asyncio.wait_for(adapter.invoke(request, None), timeout=hop.timeout_s)
+        except ProviderError as error:
+            return error
+        except TimeoutError:
+            return ProviderError("timeout", f"no answer within {hop.timeout_s:g}s")
+        except Exception as exc:  # an adapter bug must not strand the run: fail this hop, loudly
+            log.exception("adapter raised an unexpected error")
+            return ProviderError("provider_error", f"adapter error: {type(exc).__name__}")
+
+    def _finish(self, claim: Claim, attempt: Attempt, decision: Decision) -> None:
+        with Session(self.engine) as session:
+            recorded = lifecycle.record(
+                session, claim, attempt, decision, requeue_after_s=self.settings.requeue_after_s
+            )
+            session.commit()
+        if not recorded:
+            log.warning("outcome dropped: the claim was lost (lease lapsed or run ended)")
+            return
+        if isinstance(decision, NextHop):
+            enqueue_hop(
+                self.broker, claim.run_id, decision.hop, decision.provider, decision.delay_s
+            )
+        log.info(
+            "attempt recorded",
+            outcome=attempt.outcome,
+            error_class=attempt.error_class,
+            latency_ms=round(attempt.latency_ms, 2),
+            next=type(decision).__name__,
+        )
+
+
+def _attempt(claim: Claim, outcome: Outcome, started_at: datetime, latency_ms: float) -> Attempt:
+    hop = claim.hop
+    attempt = Attempt(
+        run_id=claim.run_id,
+        number=claim.attempt,
+        hop=claim.hop_index,
+        provider=hop.provider,
+        model=hop.model,
+        credential_kind=hop.credential_kind,
+        credential_name=hop.credential_name,
+        outcome="succeeded",
+        status_code=200,
+        latency_ms=latency_ms,
+        started_at=started_at,
+        finished_at=utcnow(),
+    )
+    if isinstance(outcome, ProviderError):
+        attempt.outcome = "failed"
+        attempt.status_code = outcome.status_code
+        attempt.error_class = outcome.error_class
+        attempt.message = outcome.message
+        attempt.retry_after_s = outcome.retry_after_s
+    else:
+        attempt.usage = outcome.usage.model_dump()
+    return attempt

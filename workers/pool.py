@@ -1,0 +1,76 @@
+"""A worker pool: one process consuming the queues of the providers it is started for."""
+
+import signal
+import threading
+
+import dramatiq
+import structlog
+
+from dispatcher import log as logging_setup
+from dispatcher.catalog import load_catalog
+from dispatcher.db import init_db, make_engine
+from dispatcher.queue import make_broker, queue_name
+from dispatcher.settings import Settings
+from workers.actors import LogContext, declare_actors
+from workers.executor import HopExecutor
+from workers.providers import ADAPTERS
+from workers.runtime import Runtime
+from workers.sweeper import Housekeeper
+
+log = structlog.get_logger(__name__)
+
+DRAIN_TIMEOUT_S = 30.0
+
+
+def check_providers(providers: list[str]) -> None:
+    catalog = load_catalog()
+    unknown = [p for p in providers if p not in ADAPTERS or p not in catalog.providers]
+    if unknown or not providers:
+        known = ", ".join(sorted(ADAPTERS))
+        raise SystemExit(f"unknown provider(s) {unknown or '(none given)'}; known: {known}")
+
+
+def run_pool(providers: list[str], settings: Settings) -> None:
+    """Consume ``run.<provider>`` for each provider until SIGTERM or SIGINT."""
+    check_providers(providers)
+    logging_setup.configure(settings.resolved_log_format, settings.log_level)
+    engine = make_engine(settings.resolved_database_url)
+    init_db(engine)
+    broker = make_broker(settings, settings.locate_redis(), middleware=[LogContext()])
+    runtime = Runtime(settings.max_in_flight, settings.store_threads)
+    adapters = {provider: ADAPTERS[provider](settings) for provider in providers}
+    declare_actors(broker, HopExecutor(settings, engine, broker, runtime, adapters), providers)
+    worker = dramatiq.Worker(
+        broker,
+        queues={queue_name(provider) for provider in providers},
+        worker_threads=settings.worker_threads,
+        worker_timeout=settings.worker_poll_ms,
+    )
+    housekeeper = Housekeeper(settings, engine, broker, runtime.held)
+
+    runtime.start()
+    worker.start()
+    housekeeper.start()
+    log.info("worker pool started", providers=providers, max_in_flight=settings.max_in_flight)
+    _wait_for_signal()
+
+    log.info("worker pool stopping", in_flight=runtime.in_flight)
+    worker.stop()
+    if not runtime.drain(DRAIN_TIMEOUT_S):
+        log.warning(
+            "stopped with calls in flight; their leases will lapse and be swept",
+            in_flight=runtime.in_flight,
+        )
+    housekeeper.stop()
+    for adapter in adapters.values():
+        runtime.call(adapter.aclose(), timeout=5)
+    runtime.stop()
+    broker.close()
+    engine.dispose()
+
+
+def _wait_for_signal() -> None:
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    stop.wait()
