@@ -36,6 +36,23 @@ class Settings(BaseSettings):
     pools: list[str] = ["simulated"]
     shared_providers: list[str] = ["simulated"]
 
+    #: Hosts a tenant-supplied endpoint (OpenAI ``base_url``, Azure ``endpoint``) may name;
+    #: ``*.`` matches one or more leading labels. Tests add their loopback fakes here.
+    provider_hosts: list[str] = [
+        "api.openai.com",
+        "*.openai.azure.com",
+        "api.anthropic.com",
+        "generativelanguage.googleapis.com",
+        "aiplatform.googleapis.com",
+        "*.aiplatform.googleapis.com",
+        "*.amazonaws.com",
+        "queue.fal.run",
+    ]
+    #: Hosts a service-account JSON's ``token_uri`` may name.
+    token_hosts: list[str] = ["oauth2.googleapis.com"]
+    #: Provider -> base URL, replacing the provider's public one (private endpoints; test fakes).
+    provider_endpoints: dict[str, str] = {}
+
     max_body_bytes: int = 1024 * 1024
     api_key_cache_s: float = 30.0
 
