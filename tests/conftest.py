@@ -10,13 +10,14 @@ from tests.support.backends import (
     TEST_DATABASE_URL,
     TEST_REDIS_URL,
     embedded_redis,
+    empty_tables,
     make_settings,
     postgres_database,
 )
 from tests.support.system import System
 
 DATABASES = ["sqlite"] + (["postgres"] if TEST_DATABASE_URL else [])
-REDISES = ["embedded"] + (["system"] if TEST_REDIS_URL else [])
+REDISES = ["embedded"] + (["system"] if TEST_REDIS_URL and TEST_DATABASE_URL else [])
 
 
 @pytest.fixture(scope="session")
@@ -35,9 +36,11 @@ def postgres_url() -> Iterator[str]:
 
 @pytest.fixture(params=DATABASES)
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """Every store test runs on SQLite, and on Postgres when TEST_DATABASE_URL is set."""
+    """Every store test runs on SQLite, and on Postgres when TEST_DATABASE_URL is set
+    (one database for the session, emptied before each test)."""
     if request.param == "postgres":
         url: str = request.getfixturevalue("postgres_url")
+        empty_tables(url)
         return url
     return f"sqlite:///{tmp_path / 'store.db'}"
 

@@ -53,9 +53,8 @@ def tenant_for_key(session: Session, key: str) -> str | None:
 
 
 def revoke_api_keys(session: Session, tenant_id: str) -> int:
-    keys = session.exec(
-        select(ApiKey).where(ApiKey.tenant_id == tenant_id, ApiKey.revoked_at is None)
-    ).all()
+    live = select(ApiKey).where(ApiKey.tenant_id == tenant_id, col(ApiKey.revoked_at).is_(None))
+    keys = session.exec(live).all()
     for key in keys:
         key.revoked_at = utcnow()
         session.add(key)

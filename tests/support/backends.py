@@ -9,7 +9,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import sqlalchemy
+from sqlmodel import SQLModel
 
+from dispatcher.db import init_db, make_engine
 from dispatcher.embedded_redis import EmbeddedRedis
 from dispatcher.settings import Settings
 
@@ -53,6 +55,16 @@ def postgres_database(base_url: str) -> Iterator[str]:
         with admin.connect() as connection:
             connection.execute(sqlalchemy.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
+
+
+def empty_tables(url: str) -> None:
+    """Create the tables if need be, then empty every one of them."""
+    engine = make_engine(url)
+    init_db(engine)
+    names = ", ".join(f'"{table.name}"' for table in SQLModel.metadata.sorted_tables)
+    with engine.begin() as connection:
+        connection.execute(sqlalchemy.text(f"TRUNCATE {names} RESTART IDENTITY CASCADE"))
+    engine.dispose()
 
 
 def _psycopg(url: str) -> str:

@@ -1,0 +1,197 @@
+"""The run state machine in the store, on SQLite and (when configured) Postgres."""
+
+import time
+from collections.abc import Iterator
+
+import pytest
+from sqlalchemy import Engine
+from sqlmodel import Session, col, func, select
+
+from dispatcher.db import init_db, make_engine, utcnow
+from dispatcher.models import Attempt, UsageEvent
+from dispatcher.store import lifecycle, runs, tenants
+from dispatcher.store.lifecycle import Claim, Fail, NextHop, Succeed
+from schemas.hops import Hop
+from schemas.inference import Usage
+
+CHAIN = [
+    Hop(provider="simulated", model="echo"),
+    Hop(provider="openai", model="gpt", credential="byok:k"),
+]
+
+
+@pytest.fixture
+def engine(database_url: str) -> Iterator[Engine]:
+    engine = make_engine(database_url)
+    init_db(engine)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def tenant_id(engine: Engine) -> str:
+    with Session(engine) as session:
+        tenant = tenants.create_tenant(session, f"t-{time.monotonic_ns()}")
+        session.commit()
+        return tenant.id
+
+
+def _new_run(engine: Engine, tenant_id: str, requeue_after_s: float = 600) -> str:
+    with Session(engine) as session:
+        run = runs.create_run(
+            session, tenant_id=tenant_id, app="simulated/echo", input={"prompt": "x"},
+            chain=CHAIN, requeue_after_s=requeue_after_s,
+        )  # fmt: skip
+        session.commit()
+        return run.id
+
+
+def _claim(engine: Engine, run_id: str, hop: int = 0, lease_s: float = 30) -> Claim | None:
+    with Session(engine) as session:
+        claim = lifecycle.claim_run(session, run_id, hop, lease_s)
+        session.commit()
+        return claim
+
+
+def _attempt(claim: Claim, outcome: str = "succeeded") -> Attempt:
+    now = utcnow()
+    return Attempt(
+        run_id=claim.run_id, number=claim.attempt, hop=claim.hop_index, provider=claim.hop.provider,
+        credential_kind=claim.hop.credential_kind, outcome=outcome, latency_ms=1.0,
+        usage={"input_tokens": 3, "output_tokens": 4}, started_at=now, finished_at=now,
+    )  # fmt: skip
+
+
+def _record(
+    engine: Engine, claim: Claim, decision: lifecycle.Decision, outcome: str = "succeeded"
+) -> bool:
+    with Session(engine) as session:
+        done = lifecycle.record(
+            session, claim, _attempt(claim, outcome), decision, requeue_after_s=600
+        )
+        session.commit()
+        return done
+
+
+def _count(engine: Engine, model: type, run_id: str) -> int:
+    with Session(engine) as session:
+        return session.exec(select(func.count()).where(col(model.run_id) == run_id)).one()  # type: ignore[attr-defined]
+
+
+def test_a_run_is_claimed_once_and_a_duplicate_message_claims_nothing(
+    engine: Engine, tenant_id: str
+) -> None:
+    run_id = _new_run(engine, tenant_id)
+    first = _claim(engine, run_id)
+    assert first is not None
+    assert (first.attempt, first.hop.provider, first.input) == (1, "simulated", {"prompt": "x"})
+    assert _claim(engine, run_id) is None
+
+
+def test_a_message_for_another_hop_claims_nothing(engine: Engine, tenant_id: str) -> None:
+    assert _claim(engine, _new_run(engine, tenant_id), hop=1) is None
+
+
+def test_a_lapsed_lease_can_be_claimed_again_and_the_old_claim_records_nothing(
+    engine: Engine, tenant_id: str
+) -> None:
+    run_id = _new_run(engine, tenant_id)
+    stale = _claim(engine, run_id, lease_s=0.05)
+    assert stale is not None
+    time.sleep(0.1)
+    fresh = _claim(engine, run_id)
+    assert fresh is not None and fresh.attempt == 2
+    assert not _record(engine, stale, Succeed({"text": "late"}, Usage()))
+    assert _record(engine, fresh, Succeed({"text": "on time"}, Usage(input_tokens=3)))
+    with Session(engine) as session:
+        run = runs.get_run(session, tenant_id, run_id)
+        assert run is not None and run.status == "succeeded" and run.output == {"text": "on time"}
+
+
+def test_success_is_recorded_once_with_one_attempt_and_one_usage_event(
+    engine: Engine, tenant_id: str
+) -> None:
+    run_id = _new_run(engine, tenant_id)
+    claim = _claim(engine, run_id)
+    assert claim is not None
+    assert _record(engine, claim, Succeed({"text": "x"}, Usage(input_tokens=3, output_tokens=4)))
+    assert not _record(engine, claim, Succeed({"text": "x"}, Usage()))
+    assert _count(engine, Attempt, run_id) == 1
+    assert _count(engine, UsageEvent, run_id) == 1
+    with Session(engine) as session:
+        run = runs.get_run(session, tenant_id, run_id)
+        assert run is not None
+        assert (run.status, run.provider, run.credential_kind) == (
+            "succeeded",
+            "simulated",
+            "shared",
+        )
+        assert run.usage is not None and run.usage["output_tokens"] == 4
+        assert run.finished_at is not None and run.claim_token is None
+
+
+def test_next_hop_requeues_the_run_at_that_hop_only(engine: Engine, tenant_id: str) -> None:
+    run_id = _new_run(engine, tenant_id)
+    claim = _claim(engine, run_id)
+    assert claim is not None
+    assert _record(engine, claim, NextHop(hop=1, provider="openai"), outcome="failed")
+    assert _claim(engine, run_id, hop=0) is None
+    second = _claim(engine, run_id, hop=1)
+    assert second is not None and second.hop.credential_name == "k" and second.attempt == 2
+
+
+def test_fail_records_the_error_and_ends_the_run(engine: Engine, tenant_id: str) -> None:
+    run_id = _new_run(engine, tenant_id)
+    claim = _claim(engine, run_id)
+    assert claim is not None
+    assert _record(engine, claim, Fail("invalid_request", "bad prompt", 400), outcome="failed")
+    with Session(engine) as session:
+        run = runs.get_run(session, tenant_id, run_id)
+        assert run is not None and run.status == "failed"
+        assert run.error == {
+            "code": "invalid_request",
+            "message": "bad prompt",
+            "provider": "simulated",
+            "status_code": 400,
+        }
+    assert _claim(engine, run_id) is None
+
+
+def test_the_sweeper_takes_back_lapsed_and_lost_runs_once(engine: Engine, tenant_id: str) -> None:
+    lapsed = _new_run(engine, tenant_id)
+    assert _claim(engine, lapsed, lease_s=0.05) is not None
+    lost = _new_run(engine, tenant_id, requeue_after_s=0.05)
+    fine = _new_run(engine, tenant_id)
+    assert _claim(engine, fine) is not None
+    time.sleep(0.1)
+    with Session(engine) as session:
+        taken = lifecycle.sweep(session, requeue_after_s=600)
+        session.commit()
+    assert sorted(taken) == sorted([(lapsed, 0, "simulated"), (lost, 0, "simulated")])
+    with Session(engine) as session:
+        assert lifecycle.sweep(session, requeue_after_s=600) == []
+    assert _claim(engine, lapsed) is not None
+
+
+def test_renewing_a_lease_keeps_the_run_from_the_sweeper(engine: Engine, tenant_id: str) -> None:
+    run_id = _new_run(engine, tenant_id)
+    claim = _claim(engine, run_id, lease_s=0.2)
+    assert claim is not None
+    with Session(engine) as session:
+        assert lifecycle.renew_leases(session, {run_id: claim.token}, lease_s=30) == 1
+        assert lifecycle.renew_leases(session, {run_id: "not-the-token"}, lease_s=30) == 0
+        session.commit()
+    time.sleep(0.3)
+    with Session(engine) as session:
+        assert lifecycle.sweep(session, requeue_after_s=600) == []
+
+
+def test_runs_list_newest_first_with_a_cursor_and_filters(engine: Engine, tenant_id: str) -> None:
+    ids = [_new_run(engine, tenant_id) for _ in range(5)]
+    with Session(engine) as session:
+        first = runs.list_runs(session, tenant_id, limit=2)
+        rest = runs.list_runs(session, tenant_id, limit=10, cursor=first[-1].id)
+        assert [r.id for r in first + rest] == ids[::-1]
+        assert runs.list_runs(session, tenant_id, limit=10, status="succeeded") == []
+        assert runs.list_runs(session, tenant_id, limit=10, app="other/app") == []
+        assert runs.get_run(session, "ten_someone_else", ids[0]) is None
