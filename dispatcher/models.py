@@ -3,7 +3,7 @@
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Column, Index, UniqueConstraint
+from sqlalchemy import JSON, Column, Index, LargeBinary, UniqueConstraint, text
 from sqlmodel import Field, SQLModel
 
 from dispatcher.db import UTCDateTime, utcnow
@@ -105,3 +105,47 @@ class UsageEvent(SQLModel, table=True):
     outcome: str
     billed_to: str
     created_at: datetime = _time(required=True, index=True)
+
+
+def _bytes(nullable: bool = False) -> Any:
+    return Field(default=None, sa_column=Column(LargeBinary, nullable=nullable))
+
+
+class DataKey(SQLModel, table=True):
+    """An owner's data key (a tenant's, or the platform's), wrapped by the KEK ``kek_id``."""
+
+    owner_id: str = Field(primary_key=True)
+    kek_id: str
+    wrapped_key: bytes = _bytes()
+    created_at: datetime = _time(required=True)
+    rotated_at: datetime | None = _time()
+
+
+class Credential(SQLModel, table=True):
+    """A provider credential sealed under its owner's data key. A revoked one keeps its row
+    (``deleted_at`` set, ciphertext erased) and frees its name: names are unique among live rows.
+    """
+
+    __table_args__ = (
+        Index(
+            "uq_credential_owner_name_live",
+            "owner_id",
+            "name",
+            unique=True,
+            sqlite_where=text("deleted_at IS NULL"),
+            postgresql_where=text("deleted_at IS NULL"),
+        ),
+    )
+
+    id: str = Field(primary_key=True)
+    owner_id: str
+    name: str
+    provider: str
+    nonce: bytes | None = _bytes(nullable=True)
+    ciphertext: bytes | None = _bytes(nullable=True)
+    fingerprint: str
+    healthy: bool = True
+    health_reason: str | None = None
+    created_at: datetime = _time(required=True)
+    last_used_at: datetime | None = _time()
+    deleted_at: datetime | None = _time()

@@ -6,7 +6,7 @@ Everything else receives a ``Settings`` (or the values it needs) as an argument.
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -52,6 +52,17 @@ class Settings(BaseSettings):
     token_hosts: list[str] = ["oauth2.googleapis.com"]
     #: Provider -> base URL, replacing the provider's public one (private endpoints; test fakes).
     provider_endpoints: dict[str, str] = {}
+
+    #: Key-encryption keys of the credential vault, ``<id>:<base64 of 32 random bytes>[,...]``.
+    #: Required outside development (placeholders are refused); in development a key is
+    #: generated once under ``var/``.
+    kek: SecretStr | None = None
+    #: Which key of ``kek`` wraps new data keys; may be unset when ``kek`` holds one key.
+    kek_active: str | None = None
+
+    #: Let webhooks reach private and loopback addresses (tests' local receivers only).
+    webhook_allow_private: bool = False
+    webhook_timeout_s: float = 15.0
 
     max_body_bytes: int = 1024 * 1024
     api_key_cache_s: float = 30.0
