@@ -86,6 +86,90 @@ def key_create(tenant_name: str, name: str) -> None:
     click.echo(create_key(_engine(), tenant_name, name))
 
 
+@main.group()
+def credential() -> None:
+    """Store provider credentials in the vault (secrets are read, never printed)."""
+
+
+_SECRET_HELP = "the secret as JSON without 'provider', e.g. '{\"api_key\": \"...\"}'; - reads stdin"  # noqa: S105
+
+
+@credential.command("put-platform")
+@click.argument("provider")
+@click.option("--secret", required=True, help=_SECRET_HELP)
+def credential_put_platform(provider: str, secret: str) -> None:
+    """Register the platform's shared credential for PROVIDER (used by `shared` hops)."""
+    from dispatcher.vault import PLATFORM_OWNER
+
+    _put_credential(PLATFORM_OWNER, provider, provider, secret)
+
+
+@credential.command("put")
+@click.argument("tenant_name")
+@click.argument("name")
+@click.option("--provider", required=True, help="openai, azure_openai, anthropic, gemini, ...")
+@click.option("--secret", required=True, help=_SECRET_HELP)
+def credential_put(tenant_name: str, name: str, provider: str, secret: str) -> None:
+    """Store credential NAME for tenant TENANT_NAME (used by `byok:NAME` hops)."""
+    from sqlmodel import Session
+
+    from dispatcher.store.tenants import tenant_by_name
+
+    with Session(_engine()) as session:
+        tenant = tenant_by_name(session, tenant_name)
+    if tenant is None:
+        raise click.ClickException(f"no tenant named {tenant_name!r}")
+    _put_credential(tenant.id, name, provider, secret)
+
+
+def _put_credential(owner_id: str, name: str, provider: str, secret_json: str) -> None:
+    from pydantic import TypeAdapter, ValidationError
+    from sqlmodel import Session
+
+    from dispatcher.store.credentials import put_credential
+    from dispatcher.vault import keyring_for
+    from schemas.credentials import CredentialSecret
+
+    raw = sys.stdin.read() if secret_json == "-" else secret_json  # noqa: S105
+    try:
+        secret = TypeAdapter(CredentialSecret).validate_python(
+            json.loads(raw) | {"provider": provider}
+        )
+    except (ValueError, ValidationError) as exc:
+        fields = [".".join(map(str, e["loc"])) for e in getattr(exc, "errors", lambda: [])()]
+        raise click.ClickException(
+            f"not a valid {provider} credential: {fields or 'bad JSON'}"
+        ) from None
+    with Session(_engine()) as session:
+        public = put_credential(session, keyring_for(Settings()), owner_id, name, secret)
+        session.commit()
+    click.echo(public.model_dump_json())
+
+
+@main.group()
+def vault() -> None:
+    """Manage the vault's key-encryption keys."""
+
+
+@vault.command("rotate")
+def vault_rotate() -> None:
+    """Re-wrap every data key under the active key (DISPATCHER_KEK_ACTIVE); safe while running."""
+    from sqlmodel import Session
+
+    from dispatcher.store.credentials import kek_ids_in_use, rotate
+    from dispatcher.vault import keyring_for
+
+    with Session(_engine()) as session:
+        done = rotate(session, keyring_for(Settings()))
+        session.commit()
+        in_use = kek_ids_in_use(session)
+    click.echo(
+        json.dumps({"rotated": done.rotated, "unreadable": done.unreadable, "in_use": in_use})
+    )
+    if done.unreadable:
+        raise SystemExit(1)
+
+
 @main.command()
 @click.argument("app")
 @click.option("--input", "input_json", required=True, help="the run's input, as JSON")

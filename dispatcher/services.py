@@ -11,6 +11,7 @@ from dispatcher.catalog import Catalog, load_catalog
 from dispatcher.db import init_db, make_engine
 from dispatcher.queue import make_broker
 from dispatcher.settings import Settings
+from dispatcher.vault import Keyring, keyring_for
 
 
 @dataclass
@@ -19,6 +20,7 @@ class Services:
     engine: Engine
     broker: RedisBroker
     catalog: Catalog
+    keyring: Keyring
     keys: KeyCache = field(init=False)
 
     def __post_init__(self) -> None:
@@ -42,4 +44,5 @@ def build_services(settings: Settings, redis_url: str) -> Services:
         engine=engine,
         broker=make_broker(settings, redis_url),
         catalog=load_catalog(),
+        keyring=keyring_for(settings),
     )

@@ -19,7 +19,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import structlog
 from cryptography.exceptions import InvalidTag
@@ -27,6 +27,9 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from pydantic import SecretStr, TypeAdapter, ValidationError
 
 from schemas.credentials import BedrockCredential, CredentialSecret, VertexCredential
+
+if TYPE_CHECKING:
+    from dispatcher.settings import Settings
 
 log = structlog.get_logger(__name__)
 
@@ -240,3 +243,13 @@ def _dev_key_file(var_dir: Path) -> Path:
     finally:
         draft.unlink()
     return path
+
+
+def keyring_for(settings: "Settings") -> Keyring:
+    """The keyring the settings describe (see ``parse_keyring``)."""
+    return parse_keyring(
+        settings.kek,
+        settings.kek_active,
+        development=settings.development,
+        var_dir=settings.var_dir,
+    )

@@ -23,7 +23,10 @@ from dispatcher.queue import enqueue_hop
 from dispatcher.settings import Settings
 from dispatcher.store import lifecycle
 from dispatcher.store.lifecycle import Claim, Decision, NextHop
+from dispatcher.vault import Keyring
+from schemas.credentials import CredentialSecret
 from schemas.inference import InferenceRequest, InferenceResult
+from workers.credentials import Loaded, load_for_hop, note_health
 from workers.fallback import decide
 from workers.providers import Adapter
 from workers.providers.errors import ProviderError
@@ -41,12 +44,13 @@ class HopExecutor:
     broker: RedisBroker
     runtime: Runtime
     adapters: dict[str, Adapter]
+    keyring: Keyring
 
     def handle(self, run_id: str, hop_index: int) -> None:
         """The actor body: runs on a dramatiq worker thread and returns once the call is started."""
         self.runtime.slots.acquire()
         try:
-            claim = self._claim(run_id, hop_index)
+            claim, credential = self._claim(run_id, hop_index)
         except BaseException:
             self.runtime.slots.release()
             raise
@@ -57,15 +61,18 @@ class HopExecutor:
             )
             return
         self.runtime.held[claim.run_id] = claim.token
-        self.runtime.spawn(self.execute(claim))
+        self.runtime.spawn(self.execute(claim, credential))
 
-    def _claim(self, run_id: str, hop_index: int) -> Claim | None:
+    def _claim(self, run_id: str, hop_index: int) -> tuple[Claim | None, Loaded]:
         with Session(self.engine) as session:
             claim = lifecycle.claim_run(session, run_id, hop_index, self.settings.lease_s)
+            credential = None
+            if claim is not None:
+                credential = load_for_hop(session, self.keyring, claim.tenant_id, claim.hop)
             session.commit()
-        return claim
+        return claim, credential
 
-    async def execute(self, claim: Claim) -> None:
+    async def execute(self, claim: Claim, credential: Loaded) -> None:
         hop = claim.hop
         context = {"run_id": claim.run_id, "tenant": claim.tenant_id, "provider": hop.provider}
         with structlog.contextvars.bound_contextvars(
@@ -73,17 +80,20 @@ class HopExecutor:
         ):
             try:
                 started_at, started = utcnow(), time.perf_counter()
-                outcome = await self._call(claim)
+                if isinstance(credential, ProviderError):
+                    outcome: Outcome = credential
+                else:
+                    outcome = await self._call(claim, credential)
                 attempt = _attempt(
                     claim, outcome, started_at, (time.perf_counter() - started) * 1000
                 )
-                await self.runtime.in_store_thread(
-                    self._finish, claim, attempt, decide(claim, outcome)
-                )
+                error = outcome if isinstance(outcome, ProviderError) else None
+                decision = decide(claim, outcome)
+                await self.runtime.in_store_thread(self._finish, claim, attempt, decision, error)
             finally:
                 self.runtime.held.pop(claim.run_id, None)
 
-    async def _call(self, claim: Claim) -> Outcome:
+    async def _call(self, claim: Claim, credential: CredentialSecret | None) -> Outcome:
         hop = claim.hop
         request = InferenceRequest(
             app=claim.app,
@@ -94,7 +104,9 @@ class HopExecutor:
         )
         adapter = self.adapters[hop.provider]
         try:
-            return await asyncio.wait_for(adapter.invoke(request, None), timeout=hop.timeout_s)
+            return await asyncio.wait_for(
+                adapter.invoke(request, credential), timeout=hop.timeout_s
+            )
         except ProviderError as error:
             return error
         except TimeoutError:
@@ -103,11 +115,15 @@ class HopExecutor:
             log.exception("adapter raised an unexpected error")
             return ProviderError("provider_error", f"adapter error: {type(exc).__name__}")
 
-    def _finish(self, claim: Claim, attempt: Attempt, decision: Decision) -> None:
+    def _finish(
+        self, claim: Claim, attempt: Attempt, decision: Decision, error: ProviderError | None
+    ) -> None:
         with Session(self.engine) as session:
             recorded = lifecycle.record(
                 session, claim, attempt, decision, requeue_after_s=self.settings.requeue_after_s
             )
+            if recorded:
+                note_health(session, claim.tenant_id, claim.hop, error)
             session.commit()
         if not recorded:
             log.warning("outcome dropped: the claim was lost (lease lapsed or run ended)")

@@ -11,6 +11,7 @@ from dispatcher.catalog import load_catalog
 from dispatcher.db import init_db, make_engine
 from dispatcher.queue import make_broker, queue_name
 from dispatcher.settings import Settings
+from dispatcher.vault import keyring_for
 from workers.actors import LogContext, declare_actors
 from workers.executor import HopExecutor
 from workers.providers import ADAPTERS
@@ -39,7 +40,8 @@ def run_pool(providers: list[str], settings: Settings) -> None:
     broker = make_broker(settings, settings.locate_redis(), middleware=[LogContext()])
     runtime = Runtime(settings.max_in_flight, settings.store_threads)
     adapters = {provider: ADAPTERS[provider](settings) for provider in providers}
-    declare_actors(broker, HopExecutor(settings, engine, broker, runtime, adapters), providers)
+    executor = HopExecutor(settings, engine, broker, runtime, adapters, keyring_for(settings))
+    declare_actors(broker, executor, providers)
     worker = dramatiq.Worker(
         broker,
         queues={queue_name(provider) for provider in providers},
