@@ -7,6 +7,7 @@ from sqlalchemy import JSON, Column, Index, LargeBinary, UniqueConstraint, text
 from sqlmodel import Field, SQLModel
 
 from dispatcher.db import UTCDateTime, utcnow
+from schemas.routing import DEFAULT_MAX_ATTEMPTS
 
 
 def _json(nullable: bool = True) -> Any:
@@ -59,6 +60,12 @@ class Run(SQLModel, table=True):
     model: str | None = None
     credential_kind: str | None = None
     credential_name: str | None = None
+    #: How the run was routed: the tenant's config version (None: the platform default),
+    #: the policy, and the bounds over its whole chain.
+    routing_version: int | None = None
+    policy: str | None = None
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS
+    deadline_at: datetime | None = _time()
     claim_token: str | None = None
     lease_expires_at: datetime | None = _time()
     created_at: datetime = _time(required=True)
@@ -84,6 +91,7 @@ class Attempt(SQLModel, table=True):
     retry_after_s: float | None = None
     latency_ms: float
     usage: dict[str, Any] | None = _json()
+    cost_usd: float = 0.0
     started_at: datetime = _time(required=True)
     finished_at: datetime = _time(required=True)
 
@@ -97,12 +105,14 @@ class UsageEvent(SQLModel, table=True):
     run_id: str
     app: str
     provider: str
+    model: str | None = None
     credential_kind: str
     input_tokens: int = 0
     output_tokens: int = 0
     units: float = 0
     latency_ms: float
     outcome: str
+    cost_usd: float = 0.0
     billed_to: str
     created_at: datetime = _time(required=True, index=True)
 
@@ -149,3 +159,12 @@ class Credential(SQLModel, table=True):
     created_at: datetime = _time(required=True)
     last_used_at: datetime | None = _time()
     deleted_at: datetime | None = _time()
+
+
+class RoutingVersion(SQLModel, table=True):
+    """A tenant's routing config, append-only: each save adds the next version."""
+
+    tenant_id: str = Field(foreign_key="tenant.id", primary_key=True)
+    version: int = Field(primary_key=True)
+    config: dict[str, Any] = _json(nullable=False)
+    created_at: datetime = _time(required=True)

@@ -6,6 +6,7 @@ from typing import Any, Literal
 from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, model_validator
 
 from schemas.inference import Usage
+from schemas.routing import RoutingOverride
 
 RunStatus = Literal["queued", "running", "succeeded", "failed", "canceled", "expired"]
 TERMINAL_STATUSES: frozenset[str] = frozenset({"succeeded", "failed", "canceled", "expired"})
@@ -28,6 +29,8 @@ class RunCreate(BaseModel):
     input: dict[str, Any]
     webhook: AnyHttpUrl | None = None
     metadata: dict[str, str] | None = Field(default=None, max_length=32)
+    #: Narrows the tenant's routing for this run (see ``RoutingOverride``).
+    routing: RoutingOverride | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -72,6 +75,7 @@ class AttemptPublic(BaseModel):
     retry_after_s: float | None
     latency_ms: float
     usage: Usage | None
+    cost_usd: float
     started_at: datetime
     finished_at: datetime
 
@@ -91,11 +95,16 @@ class RunPublic(BaseModel):
     output: dict[str, Any] | None
     error: RunError | None
     usage: Usage | None
+    #: The sum over the run's attempts, from the price table.
+    cost_usd: float
     provider: str | None
     model: str | None
     credential_kind: CredentialKind | None
     credential_name: str | None
     metadata: dict[str, str] | None
+    #: The tenant's routing config version the run was routed with (None: the platform default).
+    routing_version: int | None
+    policy: str | None
     attempts: list[AttemptPublic]
     timings: Timings
     created_at: datetime

@@ -9,7 +9,7 @@ take a slot, claim the run  ->  adapter.invoke(...)        ->  record attempt + 
 
 import asyncio
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 import structlog
@@ -19,6 +19,7 @@ from sqlmodel import Session
 
 from dispatcher.db import utcnow
 from dispatcher.models import Attempt
+from dispatcher.pricing import PriceTable, load_prices
 from dispatcher.queue import enqueue_hop
 from dispatcher.settings import Settings
 from dispatcher.store import lifecycle
@@ -45,6 +46,7 @@ class HopExecutor:
     runtime: Runtime
     adapters: dict[str, Adapter]
     keyring: Keyring
+    prices: PriceTable = field(default_factory=load_prices)
 
     def handle(self, run_id: str, hop_index: int) -> None:
         """The actor body: runs on a dramatiq worker thread and returns once the call is started."""
@@ -87,6 +89,8 @@ class HopExecutor:
                 attempt = _attempt(
                     claim, outcome, started_at, (time.perf_counter() - started) * 1000
                 )
+                if isinstance(outcome, InferenceResult):
+                    attempt.cost_usd = self.prices.cost(hop.provider, hop.model, outcome.usage)
                 error = outcome if isinstance(outcome, ProviderError) else None
                 decision = decide(claim, outcome)
                 await self.runtime.in_store_thread(self._finish, claim, attempt, decision, error)

@@ -5,7 +5,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from dispatcher.api import credentials, errors, health, runs
+from dispatcher.api import cancel, credentials, errors, health, routing, runs, usage
 from dispatcher.api.body import JsonBody
 from dispatcher.services import Services
 
@@ -25,6 +25,9 @@ def create_app(services: Services) -> FastAPI:
     errors.install(app)
     app.add_middleware(JsonBody, max_bytes=services.settings.max_body_bytes)
     app.include_router(runs.router)
+    app.include_router(cancel.router)
     app.include_router(credentials.router)
+    app.include_router(usage.router)
+    app.include_router(routing.router)
     app.include_router(health.router)
     return app

@@ -8,12 +8,11 @@ from sqlmodel import Session
 
 from dispatcher.api.deps import ServicesDep, TenantDep
 from dispatcher.api.errors import ApiError
+from dispatcher.api.routing import route_run
 from dispatcher.api.views import run_accepted, run_public
 from dispatcher.queue import enqueue_hop
-from dispatcher.routing import NoRoute, resolve_chain
 from dispatcher.services import Services
 from dispatcher.store import runs as store
-from schemas.hops import Hop
 from schemas.runs import RunAccepted, RunCreate, RunPage, RunPublic, RunStatus
 
 router = APIRouter(prefix="/v1", tags=["runs"])
@@ -24,8 +23,9 @@ _ERRORS: dict[int | str, dict[str, Any]] = {401: {"description": "missing or wro
 @router.post("/run", status_code=202, response_model=RunAccepted, responses=_ERRORS)
 def submit_run(body: RunCreate, tenant_id: TenantDep, services: ServicesDep) -> RunAccepted:
     """Queue a run. Nothing is stored or enqueued unless the whole request is valid."""
-    chain = _chain_for(body.app, services)
     with Session(services.engine) as session:
+        routed = route_run(session, services, tenant_id, body.app, body.routing)
+        chain = routed.resolution.chain
         run = store.create_run(
             session,
             tenant_id=tenant_id,
@@ -35,20 +35,15 @@ def submit_run(body: RunCreate, tenant_id: TenantDep, services: ServicesDep) -> 
             requeue_after_s=services.settings.requeue_after_s,
             meta=body.metadata,
             webhook=str(body.webhook) if body.webhook else None,
+            routing_version=routed.version,
+            policy=routed.resolution.policy,
+            max_attempts=routed.resolution.max_attempts,
+            deadline_s=routed.resolution.deadline_s,
         )
         session.commit()
         accepted = run_accepted(run)
     _enqueue_or_undo(services, accepted.id, chain[0].provider)
     return accepted
-
-
-def _chain_for(app: str, services: Services) -> list[Hop]:
-    if not services.catalog.has_app(app):
-        raise ApiError(422, "unknown_app", f"unknown app {app!r}", {"app": app})
-    try:
-        return resolve_chain(app, services.catalog, services.settings.shared_providers)
-    except NoRoute as exc:
-        raise ApiError(422, "no_route", str(exc), {"app": app}) from None
 
 
 def _enqueue_or_undo(services: Services, run_id: str, provider: str) -> None:

@@ -22,6 +22,7 @@ from dispatcher.db import UTCDateTime, utcnow
 from dispatcher.models import Attempt, Run, UsageEvent
 from schemas.hops import Hop
 from schemas.inference import Usage
+from schemas.routing import DEFAULT_MAX_ATTEMPTS
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,10 @@ class Claim:
     attempt: int
     token: str
     created_at: datetime
+    #: The run's routing policy (None: routed before policies existed) and its bounds.
+    policy: str | None = None
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS
+    deadline_at: datetime | None = None
 
     @property
     def hop(self) -> Hop:
@@ -93,11 +98,14 @@ def claim_run(session: Session, run_id: str, hop_index: int, lease_s: float) -> 
             col(Run.chain),
             col(Run.attempt_count),
             col(Run.created_at),
+            col(Run.policy),
+            col(Run.max_attempts),
+            col(Run.deadline_at),
         )
     ).first()
     if row is None:
         return None
-    tenant_id, app, input_, chain, attempt, created_at = row
+    tenant_id, app, input_, chain, attempt, created_at, policy, max_attempts, deadline_at = row
     return Claim(
         run_id=run_id,
         tenant_id=tenant_id,
@@ -108,6 +116,9 @@ def claim_run(session: Session, run_id: str, hop_index: int, lease_s: float) -> 
         attempt=attempt,
         token=token,
         created_at=created_at,
+        policy=policy,
+        max_attempts=max_attempts,
+        deadline_at=deadline_at,
     )
 
 
@@ -179,14 +190,41 @@ def _usage_event(claim: Claim, attempt: Attempt) -> UsageEvent:
         run_id=claim.run_id,
         app=claim.app,
         provider=attempt.provider,
+        model=attempt.model,
         credential_kind=attempt.credential_kind,
         input_tokens=usage.input_tokens,
         output_tokens=usage.output_tokens,
         units=usage.units,
         latency_ms=attempt.latency_ms,
         outcome=attempt.outcome,
+        cost_usd=attempt.cost_usd,
         billed_to="tenant_cloud" if attempt.credential_kind == "byok" else "platform",
     )
+
+
+def cancel(session: Session, tenant_id: str, run_id: str) -> tuple[str | None, bool]:
+    """Cancel a queued or running run: (its status afterwards, whether this call canceled it);
+    (None, False) when the tenant has no such run. A running attempt's outcome is then
+    discarded: recording it needs the status to still be ``running``."""
+    now = utcnow()
+    result = session.exec(
+        update(Run)
+        .where(col(Run.id) == run_id, col(Run.tenant_id) == tenant_id)
+        .where(col(Run.status).in_(("queued", "running")))
+        .values(
+            status="canceled",
+            claim_token=None,
+            lease_expires_at=None,
+            finished_at=now,
+            error={"code": "canceled", "message": "canceled by request"},
+        )
+    )
+    if result.rowcount == 1:
+        return "canceled", True
+    status = session.exec(
+        select(Run.status).where(col(Run.id) == run_id, col(Run.tenant_id) == tenant_id)
+    ).first()
+    return status, False
 
 
 def renew_leases(session: Session, tokens: dict[str, str], lease_s: float) -> int:

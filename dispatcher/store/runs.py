@@ -9,6 +9,7 @@ from dispatcher.db import utcnow
 from dispatcher.ids import new_id
 from dispatcher.models import Attempt, Run
 from schemas.hops import Hop
+from schemas.routing import DEFAULT_MAX_ATTEMPTS
 
 
 def create_run(
@@ -21,8 +22,15 @@ def create_run(
     requeue_after_s: float,
     meta: dict[str, str] | None = None,
     webhook: str | None = None,
+    routing_version: int | None = None,
+    policy: str | None = None,
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+    deadline_s: float | None = None,
 ) -> Run:
-    """A queued run; at ``lease_expires_at`` the sweeper re-sends its message if still untouched."""
+    """A queued run; at ``lease_expires_at`` the sweeper re-sends its message if still untouched.
+
+    ``deadline_s`` counts from now: the run stops moving along its chain at ``deadline_at``.
+    """
     now = utcnow()
     run = Run(
         id=new_id("run"),
@@ -33,6 +41,10 @@ def create_run(
         meta=meta,
         webhook=webhook,
         chain=[hop.model_dump(exclude_none=True) for hop in chain],
+        routing_version=routing_version,
+        policy=policy,
+        max_attempts=max_attempts,
+        deadline_at=None if deadline_s is None else now + timedelta(seconds=deadline_s),
         created_at=now,
         lease_expires_at=now + timedelta(seconds=requeue_after_s),
     )

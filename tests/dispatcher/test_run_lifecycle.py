@@ -195,3 +195,34 @@ def test_runs_list_newest_first_with_a_cursor_and_filters(engine: Engine, tenant
         assert runs.list_runs(session, tenant_id, limit=10, status="succeeded") == []
         assert runs.list_runs(session, tenant_id, limit=10, app="other/app") == []
         assert runs.get_run(session, "ten_someone_else", ids[0]) is None
+
+
+def test_a_canceled_queued_run_is_never_claimed(engine: Engine, tenant_id: str) -> None:
+    run_id = _new_run(engine, tenant_id)
+    with Session(engine) as session:
+        assert lifecycle.cancel(session, "ten_other", run_id) == (None, False)
+        assert lifecycle.cancel(session, tenant_id, run_id) == ("canceled", True)
+        session.commit()
+    assert _claim(engine, run_id) is None
+
+
+def test_a_canceled_running_run_discards_its_result_and_a_finished_one_says_its_status(
+    engine: Engine, tenant_id: str
+) -> None:
+    run_id = _new_run(engine, tenant_id)
+    claim = _claim(engine, run_id)
+    assert claim is not None
+    with Session(engine) as session:
+        assert lifecycle.cancel(session, tenant_id, run_id) == ("canceled", True)
+        session.commit()
+    assert not _record(engine, claim, Succeed({"text": "too late"}, Usage()))
+    assert _count(engine, UsageEvent, run_id) == 0
+    with Session(engine) as session:
+        assert lifecycle.cancel(session, tenant_id, run_id) == ("canceled", False)
+        run = runs.get_run(session, tenant_id, run_id)
+        assert run is not None and run.output is None
+    done = _new_run(engine, tenant_id)
+    finished = _claim(engine, done)
+    assert finished is not None and _record(engine, finished, Succeed({}, Usage()))
+    with Session(engine) as session:
+        assert lifecycle.cancel(session, tenant_id, done) == ("succeeded", False)

@@ -1,5 +1,6 @@
 """A run through the real API, real Redis, a real worker process and the real store."""
 
+import time
 from datetime import datetime
 
 import httpx
@@ -105,3 +106,31 @@ def test_tenants_see_only_their_own_runs(system: System, client: httpx.Client) -
     ).json()["id"]
     assert other.get(f"/v1/runs/{run_id}").status_code == 404
     assert run_id not in [run["id"] for run in other.get("/v1/runs").json()["data"]]
+
+
+def test_usage_and_cost_are_aggregated_per_attempt(client: httpx.Client) -> None:
+    run_id = client.post(
+        "/v1/run", json={"app": "simulated/echo", "input": {"prompt": "count these four words"}}
+    ).json()["id"]
+    run = wait_for_run(client, run_id)
+    assert run["cost_usd"] > 0 and run["attempts"][0]["cost_usd"] == run["cost_usd"]
+    report = client.get("/v1/usage", params={"group_by": "provider,credential_kind,day"}).json()
+    [row] = [r for r in report["data"] if r["provider"] == "simulated"]
+    assert row["credential_kind"] == "shared" and row["attempts"] >= 1
+    assert row["input_tokens"] >= 4 and row["cost_usd"] >= run["cost_usd"]
+    assert client.get("/v1/usage", params={"group_by": "colour"}).status_code == 422
+
+
+def test_a_running_run_can_be_canceled_and_its_result_is_discarded(client: httpx.Client) -> None:
+    run_id = client.post(
+        "/v1/run", json={"app": "simulated/echo", "input": {"prompt": "x", "latency_ms": 1500}}
+    ).json()["id"]
+    wait_for_run(client, run_id, until={"running"})
+    canceled = client.post(f"/v1/runs/{run_id}/cancel")
+    assert canceled.status_code == 200 and canceled.json()["status"] == "canceled"
+    time.sleep(2.0)  # the provider call ends meanwhile; its outcome must not land
+    run = client.get(f"/v1/runs/{run_id}").json()
+    assert run["status"] == "canceled" and run["output"] is None and run["attempts"] == []
+    again = client.post(f"/v1/runs/{run_id}/cancel")
+    assert again.status_code == 409 and again.json()["error"]["details"] == {"status": "canceled"}
+    assert client.post("/v1/runs/run_missing/cancel").status_code == 404

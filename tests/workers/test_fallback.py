@@ -1,6 +1,8 @@
 """The fallback decision, called without Redis or a store."""
 
-from datetime import UTC, datetime
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 
@@ -69,3 +71,66 @@ def test_attempts_are_bounded() -> None:
         _claim(hop=0, attempt=MAX_ATTEMPTS), ProviderError("rate_limited", "slow down")
     )
     assert isinstance(decision, Fail) and decision.code == "chain_exhausted"
+
+
+# The run's own bounds: max_attempts and deadline over the whole chain, and byok_only.
+
+BYOK_CHAIN = CHAIN[:2]
+T0 = datetime(2030, 1, 1, tzinfo=UTC)
+
+
+def _bounded(hop: int = 0, attempt: int = 1, **bounds: Any) -> Claim:
+    return replace(_claim(hop, attempt), **bounds)
+
+
+def test_the_runs_own_max_attempts_bounds_it() -> None:
+    busy = ProviderError("overloaded", "busy")
+    assert decide(_bounded(attempt=1, max_attempts=2), busy) == NextHop(hop=1, provider="anthropic")
+    decision = decide(_bounded(hop=1, attempt=2, max_attempts=2), busy)
+    assert isinstance(decision, Fail) and decision.code == "chain_exhausted"
+    assert "spent its 2 attempts" in decision.message and "busy" in decision.message
+
+
+def test_a_transient_failure_past_the_deadline_fails_with_deadline_exceeded() -> None:
+    claim = _bounded(deadline_at=T0)
+    decision = decide(claim, ProviderError("rate_limited", "slow down", status_code=429), now=T0)
+    assert isinstance(decision, Fail) and decision.code == "deadline_exceeded"
+    assert decision.status_code == 429 and "slow down" in decision.message
+
+
+def test_before_the_deadline_the_run_moves_on() -> None:
+    claim = _bounded(deadline_at=T0)
+    decision = decide(claim, ProviderError("timeout", "late"), now=T0 - timedelta(seconds=1))
+    assert decision == NextHop(hop=1, provider="anthropic")
+
+
+def test_a_result_past_the_deadline_still_succeeds() -> None:
+    result = InferenceResult(output={"text": "ok"}, usage=Usage())
+    assert isinstance(
+        decide(_bounded(deadline_at=T0), result, now=T0 + timedelta(hours=1)), Succeed
+    )
+
+
+def test_byok_only_running_out_of_hops_fails_with_byok_exhausted() -> None:
+    claim = _bounded(hop=1, chain=BYOK_CHAIN, policy="byok_only")
+    decision = decide(claim, ProviderError("quota_exhausted", "no credit", status_code=429))
+    assert isinstance(decision, Fail) and decision.code == "byok_exhausted"
+    assert "byok_only" in decision.message and "no credit" in decision.message
+
+
+def test_byok_only_running_out_of_attempts_fails_with_byok_exhausted() -> None:
+    claim = _bounded(chain=BYOK_CHAIN, policy="byok_only", max_attempts=1)
+    decision = decide(claim, ProviderError("overloaded", "busy"))
+    assert isinstance(decision, Fail) and decision.code == "byok_exhausted"
+
+
+def test_byok_first_running_out_of_hops_is_chain_exhausted() -> None:
+    claim = _bounded(hop=1, chain=BYOK_CHAIN, policy="byok_first")
+    decision = decide(claim, ProviderError("overloaded", "busy"))
+    assert isinstance(decision, Fail) and decision.code == "chain_exhausted"
+
+
+def test_byok_only_still_fails_an_invalid_request_with_the_providers_message() -> None:
+    claim = _bounded(chain=BYOK_CHAIN, policy="byok_only")
+    decision = decide(claim, ProviderError("invalid_request", "bad prompt", status_code=400))
+    assert decision == Fail("invalid_request", "bad prompt", 400)

@@ -1,0 +1,98 @@
+"""``/v1/routing``: a tenant's routing config; and routing one run at submission."""
+
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import APIRouter
+from sqlmodel import Session
+
+from dispatcher.api.deps import ServicesDep, TenantDep
+from dispatcher.api.errors import ApiError
+from dispatcher.routing import NoRoute, OverrideRefused, Resolution, check_config, resolve_chain
+from dispatcher.services import Services
+from dispatcher.store import credentials as credential_store
+from dispatcher.store import routing as store
+from schemas.routing import RoutingConfig, RoutingOverride, RoutingPublic
+
+router = APIRouter(prefix="/v1", tags=["routing"])
+
+_ERRORS: dict[int | str, dict[str, Any]] = {401: {"description": "missing or wrong API key"}}
+
+
+@router.get("/routing", response_model=RoutingPublic, responses=_ERRORS)
+def get_routing(tenant_id: TenantDep, services: ServicesDep) -> RoutingPublic:
+    """The config in force; the platform default (``version: null``) until one is saved."""
+    with Session(services.engine) as session:
+        stored = store.current_config(session, tenant_id)
+    if stored is None:
+        return RoutingPublic(version=None, updated_at=None, **RoutingConfig().model_dump())
+    return _public(stored)
+
+
+@router.put(
+    "/routing",
+    response_model=RoutingPublic,
+    responses=_ERRORS | {422: {"description": "a hop names what the tenant cannot use"}},
+)
+def put_routing(body: RoutingConfig, tenant_id: TenantDep, services: ServicesDep) -> RoutingPublic:
+    """Save the next version, once every hop checks out against the catalog and credentials."""
+    with Session(services.engine) as session:
+        owned = _credentials(session, tenant_id, healthy_only=False)
+        problems = check_config(body, services.catalog, owned, services.settings.shared_providers)
+        if problems:
+            details = [{"loc": p.loc, "message": p.message} for p in problems]
+            raise ApiError(422, "invalid_routing", "; ".join(map(str, problems)), details)
+        try:
+            stored = store.put_config(session, tenant_id, body)
+        except store.VersionConflict as exc:
+            raise ApiError(409, "conflict", f"{exc}; read the config and save again") from None
+        session.commit()
+    return _public(stored)
+
+
+@dataclass(frozen=True)
+class Routed:
+    version: int | None
+    resolution: Resolution
+
+
+def route_run(
+    session: Session,
+    services: Services,
+    tenant_id: str,
+    app: str,
+    override: RoutingOverride | None,
+) -> Routed:
+    """The tenant's config (its latest version) and healthy credentials, resolved for ``app``."""
+    if not services.catalog.has_app(app):
+        raise ApiError(422, "unknown_app", f"unknown app {app!r}", {"app": app})
+    stored = store.current_config(session, tenant_id)
+    try:
+        resolution = resolve_chain(
+            app,
+            stored.config if stored else None,
+            override,
+            services.catalog,
+            _credentials(session, tenant_id, healthy_only=True),
+            services.settings.shared_providers,
+        )
+    except OverrideRefused as exc:
+        raise ApiError(422, "routing_override_refused", str(exc), {"app": app}) from None
+    except NoRoute as exc:
+        raise ApiError(422, "no_route", str(exc), {"app": app}) from None
+    return Routed(stored.version if stored else None, resolution)
+
+
+def _credentials(session: Session, tenant_id: str, *, healthy_only: bool) -> dict[str, str]:
+    """Name -> provider of the tenant's live credentials (healthy ones only, if asked)."""
+    return {
+        credential.name: credential.provider
+        for credential in credential_store.list_credentials(session, tenant_id)
+        if credential.healthy or not healthy_only
+    }
+
+
+def _public(stored: store.StoredConfig) -> RoutingPublic:
+    return RoutingPublic(
+        version=stored.version, updated_at=stored.created_at, **stored.config.model_dump()
+    )
