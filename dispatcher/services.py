@@ -9,6 +9,7 @@ from sqlalchemy import Engine
 from dispatcher.auth import KeyCache
 from dispatcher.catalog import Catalog, load_catalog
 from dispatcher.db import init_db, make_engine
+from dispatcher.events import RunEvents
 from dispatcher.queue import make_broker
 from dispatcher.settings import Settings
 from dispatcher.vault import Keyring, keyring_for
@@ -22,9 +23,11 @@ class Services:
     catalog: Catalog
     keyring: Keyring
     keys: KeyCache = field(init=False)
+    events: RunEvents = field(init=False)
 
     def __post_init__(self) -> None:
         self.keys = KeyCache(self.engine, ttl_s=self.settings.api_key_cache_s)
+        self.events = RunEvents(self.redis, self.settings.redis_namespace)
 
     @property
     def redis(self) -> redis.Redis:

@@ -18,6 +18,7 @@ from sqlalchemy import Engine
 from sqlmodel import Session
 
 from dispatcher.db import utcnow
+from dispatcher.events import RunEvents
 from dispatcher.models import Attempt
 from dispatcher.pricing import PriceTable, load_prices
 from dispatcher.queue import enqueue_hop
@@ -27,6 +28,7 @@ from dispatcher.store.lifecycle import Claim, Decision, NextHop
 from dispatcher.vault import Keyring
 from schemas.credentials import CredentialSecret
 from schemas.inference import InferenceRequest, InferenceResult
+from workers import announce
 from workers.credentials import Loaded, load_for_hop, note_health
 from workers.fallback import decide
 from workers.providers import Adapter
@@ -47,6 +49,10 @@ class HopExecutor:
     adapters: dict[str, Adapter]
     keyring: Keyring
     prices: PriceTable = field(default_factory=load_prices)
+    events: RunEvents = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.events = RunEvents(self.broker.client, self.settings.redis_namespace)
 
     def handle(self, run_id: str, hop_index: int) -> None:
         """The actor body: runs on a dramatiq worker thread and returns once the call is started."""
@@ -63,6 +69,8 @@ class HopExecutor:
             )
             return
         self.runtime.held[claim.run_id] = claim.token
+        event, data = announce.running(claim)
+        self.events.publish(claim.run_id, claim.tenant_id, event, **data)
         self.runtime.spawn(self.execute(claim, credential))
 
     def _claim(self, run_id: str, hop_index: int) -> tuple[Claim | None, Loaded]:
@@ -136,6 +144,8 @@ class HopExecutor:
             enqueue_hop(
                 self.broker, claim.run_id, decision.hop, decision.provider, decision.delay_s
             )
+        for event, data in announce.outcome_events(claim, attempt, decision):
+            self.events.publish(claim.run_id, claim.tenant_id, event, **data)
         log.info(
             "attempt recorded",
             outcome=attempt.outcome,

@@ -21,7 +21,9 @@ def cancel_run(run_id: str, tenant_id: TenantDep, services: ServicesDep) -> RunP
         session.commit()
         if status is None:
             raise ApiError(404, "not_found", f"no run {run_id!r}")
-        if not canceled:
+        if canceled:
+            services.events.publish(run_id, tenant_id, "canceled")
+        else:
             raise ApiError(409, "already_finished", f"run {run_id} is {status}", {"status": status})
         run = runs.get_run(session, tenant_id, run_id)
         assert run is not None

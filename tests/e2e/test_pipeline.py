@@ -1,10 +1,12 @@
 """A run through the real API, real Redis, a real worker process and the real store."""
 
+import json
 import time
 from datetime import datetime
 
 import httpx
 import pytest
+import redis
 
 from tests.support.system import System, wait_for_run
 
@@ -134,3 +136,35 @@ def test_a_running_run_can_be_canceled_and_its_result_is_discarded(client: httpx
     again = client.post(f"/v1/runs/{run_id}/cancel")
     assert again.status_code == 409 and again.json()["error"]["details"] == {"status": "canceled"}
     assert client.post("/v1/runs/run_missing/cancel").status_code == 404
+
+
+def test_run_events_land_in_the_run_stream_and_the_shared_stream(
+    system: System, client: httpx.Client
+) -> None:
+    ok = client.post("/v1/run", json={"app": "simulated/echo", "input": {"prompt": "x"}}).json()[
+        "id"
+    ]
+    bad = client.post(
+        "/v1/run", json={"app": "simulated/echo", "input": {"prompt": "x", "fail_with": 400}}
+    ).json()["id"]
+    wait_for_run(client, ok)
+    wait_for_run(client, bad)
+    redis_client = redis.Redis.from_url(str(system.settings.redis_url))
+    namespace = system.settings.redis_namespace
+
+    def types(run_id: str) -> list[str]:
+        """The run's event types, once its terminal one is in (events follow the commit)."""
+        deadline = time.monotonic() + 10
+        while True:
+            entries = redis_client.xrange(f"{namespace}:events:{run_id}")
+            found = [json.loads(fields[b"event"])["type"] for _, fields in entries]
+            if found[-1:] in (["succeeded"], ["failed"]) or time.monotonic() > deadline:
+                return found
+            time.sleep(0.02)
+
+    assert types(ok) == ["running", "succeeded"]
+    assert types(bad) == ["running", "attempt_failed", "failed"]
+    shared = [
+        json.loads(f[b"event"])["run_id"] for _, f in redis_client.xrange(f"{namespace}:events")
+    ]
+    assert ok in shared and bad in shared
