@@ -130,7 +130,7 @@ class HopExecutor:
     def _finish(
         self, claim: Claim, attempt: Attempt, decision: Decision, error: ProviderError | None
     ) -> None:
-        with Session(self.engine) as session:
+        with Session(self.engine, expire_on_commit=False) as session:
             recorded = lifecycle.record(
                 session, claim, attempt, decision, requeue_after_s=self.settings.requeue_after_s
             )

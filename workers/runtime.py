@@ -14,7 +14,11 @@ from collections.abc import Callable, Coroutine
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TypeVar
 
+import structlog
+
 T = TypeVar("T")
+
+log = structlog.get_logger(__name__)
 
 
 class Runtime:
@@ -47,8 +51,11 @@ class Runtime:
         future.add_done_callback(self._release)
         return future
 
-    def _release(self, _: Future[None]) -> None:
+    def _release(self, future: Future[None]) -> None:
         self.slots.release()
+        if not future.cancelled() and future.exception() is not None:
+            error = future.exception()
+            log.error("a run's task failed", error_type=type(error).__name__, exc_info=error)
         with self._idle:
             self._in_flight -= 1
             self._idle.notify_all()

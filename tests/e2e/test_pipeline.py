@@ -168,3 +168,26 @@ def test_run_events_land_in_the_run_stream_and_the_shared_stream(
         json.loads(f[b"event"])["run_id"] for _, f in redis_client.xrange(f"{namespace}:events")
     ]
     assert ok in shared and bad in shared
+
+
+def test_worker_log_lines_inside_a_run_carry_its_context(
+    system: System, client: httpx.Client
+) -> None:
+    run_id = client.post(
+        "/v1/run", json={"app": "simulated/echo", "input": {"prompt": "x"}}
+    ).json()["id"]
+    wait_for_run(client, run_id)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        lines = [
+            json.loads(line)
+            for line in (system.workdir / "worker.log").read_text().splitlines()
+            if run_id in line
+        ]
+        if any(line["event"] == "attempt recorded" for line in lines):
+            break
+        time.sleep(0.05)
+    recorded = [line for line in lines if line["event"] == "attempt recorded"]
+    assert recorded, lines
+    for line in recorded:
+        assert {"run_id", "tenant", "provider", "hop", "attempt"} <= line.keys()
