@@ -3,8 +3,6 @@
 Bad requests get one clear error shape, and nothing is stored or enqueued for them.
 """
 
-from collections.abc import Iterator
-
 import pytest
 from fastapi.testclient import TestClient
 from sqlmodel import Session, func, select
@@ -14,29 +12,13 @@ from dispatcher.models import Run
 from dispatcher.services import Services, build_services
 from dispatcher.settings import Settings
 from dispatcher.store import tenants
+from tests.dispatcher.conftest import new_tenant
 
 RUN = {"app": "simulated/echo", "input": {"prompt": "hi"}}
 
 
-@pytest.fixture
-def services(settings: Settings) -> Iterator[Services]:
-    built = build_services(settings, str(settings.redis_url))
-    yield built
-    built.close()
-
-
-@pytest.fixture
-def api(services: Services) -> Iterator[TestClient]:
-    with TestClient(create_app(services)) as client:
-        yield client
-
-
 def _key(services: Services, name: str) -> str:
-    with Session(services.engine) as session:
-        tenant = tenants.create_tenant(session, name)
-        key = tenants.create_api_key(session, tenant.id)
-        session.commit()
-    return key
+    return new_tenant(services, name)[1]["Authorization"].removeprefix("Bearer ")
 
 
 @pytest.fixture

@@ -1,39 +1,14 @@
 """``/v1/credentials``: secrets go in and never come out; tenant hosts are allow-listed."""
 
-from collections.abc import Iterator
-
 import pytest
 from fastapi.testclient import TestClient
 from sqlmodel import Session
 
-from dispatcher.api.app import create_app
-from dispatcher.services import Services, build_services
-from dispatcher.settings import Settings
-from dispatcher.store import tenants
+from dispatcher.services import Services
 from dispatcher.store.credentials import load_secret
+from tests.dispatcher.conftest import new_tenant
 
 SECRET = "sk-canary-0123456789abcdefXYZ9"
-
-
-@pytest.fixture
-def services(settings: Settings) -> Iterator[Services]:
-    built = build_services(settings, str(settings.redis_url))
-    yield built
-    built.close()
-
-
-@pytest.fixture
-def api(services: Services) -> Iterator[TestClient]:
-    with TestClient(create_app(services)) as client:
-        yield client
-
-
-def _tenant(services: Services, name: str) -> tuple[str, dict[str, str]]:
-    with Session(services.engine) as session:
-        tenant_id = tenants.create_tenant(session, name).id
-        key = tenants.create_api_key(session, tenant_id)
-        session.commit()
-    return tenant_id, {"Authorization": f"Bearer {key}"}
 
 
 def _no_secret(text: str) -> None:
@@ -43,7 +18,7 @@ def _no_secret(text: str) -> None:
 def test_a_credential_is_stored_encrypted_and_shown_as_metadata_only(
     api: TestClient, services: Services
 ) -> None:
-    tenant_id, auth = _tenant(services, "acme")
+    tenant_id, auth = new_tenant(services, "acme")
     put = api.put(
         "/v1/credentials/main", json={"provider": "openai", "api_key": SECRET}, headers=auth
     )
@@ -69,8 +44,8 @@ def test_a_credential_is_stored_encrypted_and_shown_as_metadata_only(
 def test_delete_revokes_at_once_and_another_tenant_sees_nothing(
     api: TestClient, services: Services
 ) -> None:
-    tenant_id, auth = _tenant(services, "acme")
-    _, other = _tenant(services, "globex")
+    tenant_id, auth = new_tenant(services, "acme")
+    _, other = new_tenant(services, "globex")
     api.put("/v1/credentials/main", json={"provider": "anthropic", "api_key": SECRET}, headers=auth)
     assert api.get("/v1/credentials/main", headers=other).status_code == 404
     assert api.delete("/v1/credentials/main", headers=other).status_code == 404
@@ -95,7 +70,7 @@ def test_delete_revokes_at_once_and_another_tenant_sees_nothing(
 def test_tenant_supplied_hosts_off_the_allow_list_are_refused(
     api: TestClient, services: Services, body: dict[str, str]
 ) -> None:
-    _, auth = _tenant(services, "acme")
+    _, auth = new_tenant(services, "acme")
     response = api.put("/v1/credentials/x", json=body, headers=auth)
     assert response.status_code == 422
     assert response.json()["error"]["code"] == "endpoint_not_allowed"
@@ -104,7 +79,7 @@ def test_tenant_supplied_hosts_off_the_allow_list_are_refused(
 
 
 def test_an_allowed_azure_endpoint_is_accepted(api: TestClient, services: Services) -> None:
-    _, auth = _tenant(services, "acme")
+    _, auth = new_tenant(services, "acme")
     body = {
         "provider": "azure_openai",
         "api_key": SECRET,
@@ -116,7 +91,7 @@ def test_an_allowed_azure_endpoint_is_accepted(api: TestClient, services: Servic
 def test_a_malformed_credential_is_refused_without_echoing_the_secret(
     api: TestClient, services: Services
 ) -> None:
-    _, auth = _tenant(services, "acme")
+    _, auth = new_tenant(services, "acme")
     for body in (
         {"provider": "openai", "api_key": SECRET, "colour": "red"},
         {"provider": "nope", "api_key": SECRET},
@@ -128,7 +103,7 @@ def test_a_malformed_credential_is_refused_without_echoing_the_secret(
 
 
 def test_a_bad_name_is_refused(api: TestClient, services: Services) -> None:
-    _, auth = _tenant(services, "acme")
+    _, auth = new_tenant(services, "acme")
     response = api.put(
         "/v1/credentials/has%20space", json={"provider": "gemini", "api_key": SECRET}, headers=auth
     )
