@@ -4,7 +4,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import DateTime, Engine, TypeDecorator, event
+from sqlalchemy import DateTime, Engine, TypeDecorator, event, inspect
 from sqlmodel import SQLModel, create_engine
 
 
@@ -52,8 +52,24 @@ def make_engine(url: str) -> Engine:
     return create_engine(url, pool_size=16, max_overflow=16, pool_pre_ping=True)
 
 
+class SchemaOutOfDate(RuntimeError):
+    """The store's tables lack columns this version needs."""
+
+
 def init_db(engine: Engine) -> None:
-    """Create the tables that do not exist yet."""
+    """Create the tables that do not exist yet; refuse a store whose tables are older."""
     from dispatcher import models  # noqa: F401  (registers the tables)
 
     SQLModel.metadata.create_all(engine)
+    inspector = inspect(engine)
+    missing = [
+        f"{table.name}.{column.name}"
+        for table in SQLModel.metadata.sorted_tables
+        for column in table.columns
+        if column.name not in {c["name"] for c in inspector.get_columns(table.name)}
+    ]
+    if missing:
+        raise SchemaOutOfDate(
+            f"the store {engine.url!r} was made by an older version and lacks {missing}: "
+            "for a development store, delete var/dispatcher.db; otherwise migrate it first"
+        )
