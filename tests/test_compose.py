@@ -68,3 +68,13 @@ def test_there_is_an_api_postgres_and_a_simulated_pool() -> None:
     services = COMPOSE["services"]
     assert {"api", "postgres", "redis", "worker-simulated"} <= services.keys()
     assert services["api"]["command"][:2] == ["dispatcher", "serve"]
+
+
+def test_every_provider_has_its_own_pool_service() -> None:
+    pooled = {
+        provider
+        for spec in _services().values()
+        if spec["command"][1] == "worker"
+        for provider in spec["command"][2:]
+    }
+    assert pooled >= set(ADAPTERS)
