@@ -10,6 +10,7 @@ import redis
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.middleware import Middleware, Retries
 
+from dispatcher.doorbell import DoorbellBroker
 from dispatcher.settings import Settings
 
 
@@ -24,9 +25,10 @@ def actor_name(provider: str) -> str:
 def make_broker(
     settings: Settings, redis_url: str, middleware: list[Middleware] | None = None
 ) -> RedisBroker:
-    """A Redis broker tuned for quick redelivery: a dead worker's messages come back in seconds."""
+    """A Redis broker tuned for quick redelivery (a dead worker's messages come back in
+    seconds) whose idle consumers wait on a doorbell instead of polling."""
     client = redis.Redis.from_url(redis_url)
-    return RedisBroker(  # type: ignore[no-untyped-call]
+    return DoorbellBroker(  # type: ignore[no-untyped-call]
         client=client,
         namespace=settings.redis_namespace,
         heartbeat_timeout=settings.heartbeat_timeout_ms,

@@ -69,8 +69,10 @@ class Settings(BaseSettings):
 
     # Worker pools.
     worker_threads: int = 8
-    #: How long an idle consumer sleeps between polls of an empty queue.
-    worker_poll_ms: int = 10
+    #: The longest an idle consumer waits before looking at its queue again. A new message
+    #: wakes it at once (dispatcher.doorbell), so this bounds only unannounced arrivals
+    #: (messages dramatiq redelivers from a dead worker) and the idle cost.
+    worker_poll_ms: int = 1000
     #: Provider calls one worker process holds in flight at once.
     max_in_flight: int = 1000
     #: Threads that write outcomes to the store, per worker process.

@@ -1,0 +1,47 @@
+"""The doorbell: an enqueue rings its queue's bell, and an idle consumer wakes on the ring."""
+
+import threading
+import time
+import uuid
+
+import dramatiq
+
+from dispatcher.doorbell import BELL_DEPTH, DoorbellBroker
+from dispatcher.queue import enqueue_hop, make_broker, queue_name
+from dispatcher.settings import Settings
+
+
+def _broker(settings: Settings) -> DoorbellBroker:
+    broker = make_broker(
+        settings.model_copy(update={"redis_namespace": f"bell{uuid.uuid4().hex[:6]}"}),
+        str(settings.redis_url),
+    )
+    assert isinstance(broker, DoorbellBroker)
+    return broker
+
+
+def test_an_enqueue_rings_the_bell_and_the_bell_stays_short(settings: Settings) -> None:
+    broker = _broker(settings)
+    for n in range(BELL_DEPTH + 10):
+        enqueue_hop(broker, f"run_{n}", 0, "simulated")
+    assert broker.client.llen(broker.bell(queue_name("simulated"))) == BELL_DEPTH
+    assert broker.client.llen(f"{broker.namespace}:{queue_name('simulated')}") == BELL_DEPTH + 10
+
+
+def test_an_idle_consumer_wakes_on_the_ring_not_its_timeout(settings: Settings) -> None:
+    broker = _broker(settings)
+    consumer = broker.consume(queue_name("simulated"), prefetch=4, timeout=30_000)
+    threading.Timer(0.2, enqueue_hop, (broker, "run_late", 0, "simulated")).start()
+    started = time.monotonic()
+    assert next(consumer) is None  # woken by the ring, with the message not yet fetched
+    woke_after = time.monotonic() - started
+    message = next(consumer)
+    assert message is not None and message.args == ("run_late", 0)
+    assert woke_after < 15  # far below the 30 s timeout: the bell, not the clock, woke it
+    consumer.ack(message)
+
+
+def test_a_delayed_message_rings_the_delay_queue(settings: Settings) -> None:
+    broker = _broker(settings)
+    enqueue_hop(broker, "run_d", 0, "simulated", delay_s=5)
+    assert broker.client.llen(broker.bell(dramatiq.common.dq_name(queue_name("simulated")))) == 1
