@@ -4,8 +4,7 @@ Both are pure functions of their arguments: the tenant's ``RoutingConfig`` (None
 none), the request's ``RoutingOverride``, the app catalog, the tenant's usable credentials
 (name -> provider) and the providers with shared compute. No I/O here.
 
-``resolve_chain`` runs these steps, each a small function, so that more inputs (hops cooling
-down until a time, say) slot in as one more filter:
+``resolve_chain`` runs these steps, each a small function:
 
 1. narrow the tenant's limits by the override (a widening is refused: ``OverrideRefused``);
 2. take the hops of the first rule whose pattern matches the app, else the platform default
@@ -15,18 +14,29 @@ down until a time, say) slot in as one more filter:
 4. apply the policy: keep the tiers it allows, BYOK hops before shared ones for ``byok_first``,
    the override's provider ``order`` within each tier, the first hop only without fallbacks.
 
-Nothing left: ``NoRoute``, saying what was dropped and why.
+Nothing left: ``NoRoute``, saying what was dropped and why. Each dropped hop is a ``Skipped``
+with a ``code`` (``SkipCode``) and a sentence.
+
+The run keeps hops that are cooling down in its chain (they may reset before it reaches them);
+it passes over them as it goes. Where it goes next, given the chain's ``Cooling`` (per hop,
+when it resets; read from Redis by ``dispatcher.cooldowns``), is ``ahead``: the one rule the
+worker's fallback decision and ``explain`` (``POST /v1/routing/explain``) both apply, so what
+explain answers is what a run then does.
 """
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from fnmatch import fnmatchcase
 
 from dispatcher.catalog import Catalog
 from schemas.hops import SHARED, Hop
-from schemas.routing import Policy, RoutingConfig, RoutingOverride
+from schemas.routing import Policy, RoutingConfig, RoutingOverride, SkipCode
 
 BYOK_PREFIX = "byok:"
+
+#: Per hop of a chain, when its cooldown ends; None (or no entry): it is not cooling.
+Cooling = Sequence[datetime | None]
 
 #: The policies a request may choose, by the tenant's policy: only ever a subset of its hops.
 NARROWER: dict[str, frozenset[str]] = {
@@ -48,7 +58,12 @@ class RoutingError(ValueError):
 
 
 class NoRoute(RoutingError):
-    """No hop can serve the app with what this tenant may use."""
+    """No hop can serve the app with what this tenant may use; ``resolution`` (its chain
+    empty) says what was dropped and why."""
+
+    def __init__(self, message: str, resolution: "Resolution") -> None:
+        super().__init__(message)
+        self.resolution = resolution
 
 
 class OverrideRefused(RoutingError):
@@ -58,7 +73,10 @@ class OverrideRefused(RoutingError):
 @dataclass(frozen=True)
 class Skipped:
     hop: Hop
+    code: SkipCode
     reason: str
+    #: ``cooling_down``: when the hop's cooldown ends.
+    until: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -107,9 +125,12 @@ def resolve_chain(
     usable, skipped = _usable(app, hops, catalog, credentials, shared_providers)
     chain, excluded = _apply_policy(usable, limits)
     skipped += excluded
+    resolution = Resolution(
+        chain, limits.policy, limits.max_attempts, limits.deadline_s, rule, skipped
+    )
     if not chain:
-        raise NoRoute(_no_route_message(app, limits.policy, skipped))
-    return Resolution(chain, limits.policy, limits.max_attempts, limits.deadline_s, rule, skipped)
+        raise NoRoute(_no_route_message(app, limits.policy, skipped), resolution)
+    return resolution
 
 
 def narrow(config: RoutingConfig, override: RoutingOverride, providers: frozenset[str]) -> Limits:
@@ -182,18 +203,33 @@ def _usable(
     serving = catalog.serving(app)
     usable, skipped = [], []
     for hop in hops:
-        reason = _provider_problem(hop, catalog) or _credential_problem(
-            hop, credentials, shared_providers
-        )
-        if reason is None and hop.provider not in serving:
-            reason = f"provider {hop.provider!r} cannot serve {app!r}"
-        if reason is None:
+        problem = _hop_problem(app, hop, serving, catalog, credentials, shared_providers)
+        if problem is None:
             usable.append(
                 hop if hop.model else hop.model_copy(update={"model": serving[hop.provider]})
             )
         else:
-            skipped.append(Skipped(hop, reason))
+            skipped.append(Skipped(hop, *problem))
     return usable, skipped
+
+
+def _hop_problem(
+    app: str,
+    hop: Hop,
+    serving: Mapping[str, str],
+    catalog: Catalog,
+    credentials: Mapping[str, str],
+    shared_providers: Sequence[str],
+) -> tuple[SkipCode, str] | None:
+    reason = _provider_problem(hop, catalog)
+    if reason is not None:
+        return "unknown_provider", reason
+    reason = _credential_problem(hop, credentials, shared_providers)
+    if reason is not None:
+        return ("no_shared_compute" if hop.credential == SHARED else "no_credential"), reason
+    if hop.provider not in serving:
+        return "cannot_serve", f"provider {hop.provider!r} cannot serve {app!r}"
+    return None
 
 
 def _apply_policy(hops: list[Hop], limits: Limits) -> tuple[list[Hop], list[Skipped]]:
@@ -201,13 +237,20 @@ def _apply_policy(hops: list[Hop], limits: Limits) -> tuple[list[Hop], list[Skip
     tiers = TIERS[limits.policy]
     kept = [hop for hop in hops if hop.credential_kind in tiers]
     excluded = [
-        Skipped(hop, f"policy {limits.policy!r} excludes {hop.credential_kind} hops")
+        Skipped(
+            hop,
+            "excluded_by_policy",
+            f"policy {limits.policy!r} excludes {hop.credential_kind} hops",
+        )
         for hop in hops
         if hop.credential_kind not in tiers
     ]
     rank = {provider: index for index, provider in enumerate(limits.order)}
     kept.sort(key=lambda hop: (tiers.index(hop.credential_kind), rank.get(hop.provider, len(rank))))
-    return (kept if limits.allow_fallbacks else kept[:1]), excluded
+    if limits.allow_fallbacks:
+        return kept, excluded
+    pinned = "allow_fallbacks is false: the run is pinned to its first hop"
+    return kept[:1], excluded + [Skipped(hop, "fallbacks_off", pinned) for hop in kept[1:]]
 
 
 def _no_route_message(app: str, policy: str, skipped: list[Skipped]) -> str:
@@ -241,6 +284,69 @@ def _credential_problem(
     if owner != hop.provider:
         return f"credential {hop.credential!r} is for provider {owner!r}, not {hop.provider!r}"
     return None
+
+
+@dataclass(frozen=True)
+class Ahead:
+    """Where a run about to take hop ``start`` of its chain goes now (see ``ahead``)."""
+
+    #: The hop it takes next.
+    hop: int
+    #: None: at once. Else every hop from ``start`` on is cooling down, and ``hop`` is the
+    #: one that resets first, at this time: the run waits for it.
+    until: datetime | None
+    #: The cooling hops it passes over on the way.
+    passed: list[int]
+
+
+def cooling_until(cooling: Cooling, index: int, now: datetime) -> datetime | None:
+    """When hop ``index`` resets, if it is cooling down at ``now``."""
+    until = cooling[index] if index < len(cooling) else None
+    return until if until is not None and until > now else None
+
+
+def ahead(chain: Sequence[Hop], cooling: Cooling, start: int, now: datetime) -> Ahead | None:
+    """The first hop from ``start`` on that is not cooling down; if every one is, the one
+    that resets first (the run waits for it). None: no hop from ``start`` on."""
+    left = range(start, len(chain))
+    resets = {index: cooling_until(cooling, index, now) for index in left}
+    ready = [index for index in left if resets[index] is None]
+    if ready:
+        return Ahead(ready[0], None, [index for index in left if index < ready[0]])
+    if not resets:
+        return None
+    first = min(left, key=lambda index: resets[index] or now)
+    return Ahead(first, resets[first], [index for index in left if index != first])
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """What a run of the app submitted now does (``POST /v1/routing/explain``)."""
+
+    resolution: Resolution
+    #: The hops it takes, in order: its chain without the hops that are cooling down, or, if
+    #: every hop is, the one it waits for (until ``waits_until``).
+    chain: list[Hop]
+    #: Every hop it does not take, and why: those routing dropped, then the cooling ones.
+    skipped: list[Skipped]
+    waits_until: datetime | None
+
+
+def explain(resolution: Resolution, cooling: Cooling, now: datetime) -> Explanation:
+    """``resolution`` (a chain as a run stores it) as a run walks it at ``now``, per ``ahead``."""
+    chain = resolution.chain
+    resets = [cooling_until(cooling, index, now) for index in range(len(chain))]
+    first = ahead(chain, cooling, 0, now)
+    waits_until = first.until if first else None
+    taken = [first.hop] if first and waits_until else [i for i, t in enumerate(resets) if not t]
+    skipped = [
+        Skipped(hop, "cooling_down", f"cooling down until {until.isoformat()}", until)
+        for index, (hop, until) in enumerate(zip(chain, resets, strict=True))
+        if index not in taken and until is not None
+    ]
+    return Explanation(
+        resolution, [chain[i] for i in taken], resolution.skipped + skipped, waits_until
+    )
 
 
 def check_config(

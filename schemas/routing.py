@@ -3,6 +3,9 @@
 A config is an ordered list of rules; the first rule whose ``match`` pattern matches a run's
 app gives the run its chain of hops. A pattern is an app id in which ``*`` stands for any run
 of characters (``google/*``, ``anthropic/claude-*``, ``*``); everything else matches itself.
+
+``POST /v1/routing/explain`` takes an ``ExplainRequest`` and answers a ``RoutingExplanation``:
+the hops a run of the app would take right now, and why each other hop is skipped.
 """
 
 from datetime import datetime
@@ -23,6 +26,20 @@ MAX_MAX_ATTEMPTS = 20
 MAX_DEADLINE_S = 86_400.0
 
 APP_PATTERN = r"^[A-Za-z0-9._:@/*-]+$"
+
+#: Why a hop is skipped: its provider is unknown; its credential is missing, unusable or for
+#: another provider; its provider has no shared compute or cannot serve the app; the policy
+#: excludes its tier; ``allow_fallbacks: false`` pinned the run to another hop; it is cooling
+#: down after a 429 (or an overload) with a retry-after.
+SkipCode = Literal[
+    "unknown_provider",
+    "no_credential",
+    "no_shared_compute",
+    "cannot_serve",
+    "excluded_by_policy",
+    "fallbacks_off",
+    "cooling_down",
+]
 
 
 class RoutingRule(BaseModel):
@@ -73,3 +90,39 @@ class RoutingOverride(BaseModel):
     allow_fallbacks: bool = True
     max_attempts: int | None = Field(default=None, ge=1, le=MAX_MAX_ATTEMPTS)
     deadline_s: float | None = Field(default=None, gt=0, le=MAX_DEADLINE_S)
+
+
+class ExplainRequest(BaseModel):
+    """``POST /v1/routing/explain``: the app and the override a run would be submitted with."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    app: str = Field(min_length=1, max_length=200)
+    routing: RoutingOverride | None = None
+
+
+class SkippedHop(BaseModel):
+    hop: Hop
+    code: SkipCode
+    reason: str
+    #: ``cooling_down``: when the hop's cooldown ends.
+    cooling_until: datetime | None = None
+
+
+class RoutingExplanation(BaseModel):
+    """What a run of ``app`` submitted now would do."""
+
+    app: str
+    #: The config version in force (None: the platform default) and the rule that matched
+    #: (its index; None: no rule matched and the platform default applies).
+    version: int | None
+    rule: int | None
+    policy: Policy
+    max_attempts: int
+    deadline_s: float | None
+    #: The hops it would take, in order, each after the one before fails. Hops cooling down
+    #: are left out, unless every hop is: then the run waits until ``waits_until`` and this
+    #: is the hop that resets first.
+    chain: list[Hop]
+    skipped: list[SkippedHop]
+    waits_until: datetime | None = None

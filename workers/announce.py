@@ -14,9 +14,10 @@ def running(claim: Claim) -> Event:
     return "running", {"attempt": claim.attempt, "hop": claim.hop_index, "provider": hop.provider}
 
 
-def outcome_events(claim: Claim, attempt: Attempt, decision: Decision) -> list[Event]:
+def outcome_events(claim: Claim, attempt: Attempt | None, decision: Decision) -> list[Event]:
+    """The events of a recorded attempt's outcome, or (``attempt`` None) of passing a hop over."""
     events: list[Event] = []
-    if attempt.outcome == "failed":
+    if attempt is not None and attempt.outcome == "failed":
         events.append(("attempt_failed", _failure(attempt)))
     match decision:
         case Succeed():

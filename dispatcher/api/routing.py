@@ -1,4 +1,5 @@
-"""``/v1/routing``: a tenant's routing config; and routing one run at submission."""
+"""``/v1/routing``: a tenant's routing config, and what it does to a run right now
+(``/v1/routing/explain``); and routing one run at submission."""
 
 from dataclasses import dataclass
 from typing import Any
@@ -8,11 +9,27 @@ from sqlmodel import Session
 
 from dispatcher.api.deps import ServicesDep, TenantDep
 from dispatcher.api.errors import ApiError
-from dispatcher.routing import NoRoute, OverrideRefused, Resolution, check_config, resolve_chain
+from dispatcher.cooldowns import Cooldowns
+from dispatcher.db import utcnow
+from dispatcher.routing import (
+    NoRoute,
+    OverrideRefused,
+    Resolution,
+    check_config,
+    explain,
+    resolve_chain,
+)
 from dispatcher.services import Services
 from dispatcher.store import credentials as credential_store
 from dispatcher.store import routing as store
-from schemas.routing import RoutingConfig, RoutingOverride, RoutingPublic
+from schemas.routing import (
+    ExplainRequest,
+    RoutingConfig,
+    RoutingExplanation,
+    RoutingOverride,
+    RoutingPublic,
+    SkippedHop,
+)
 
 router = APIRouter(prefix="/v1", tags=["routing"])
 
@@ -50,6 +67,40 @@ def put_routing(body: RoutingConfig, tenant_id: TenantDep, services: ServicesDep
     return _public(stored)
 
 
+@router.post(
+    "/routing/explain",
+    response_model=RoutingExplanation,
+    responses=_ERRORS | {422: {"description": "an unknown app, or an override that widens"}},
+)
+def explain_routing(
+    body: ExplainRequest, tenant_id: TenantDep, services: ServicesDep
+) -> RoutingExplanation:
+    """The hops a run of ``app`` submitted now would take, and why each other hop is skipped
+    (no credential, excluded by policy, cooling down until a time, ...). Nothing is stored.
+    When no hop can serve the app (a run would get ``no_route``), the chain is empty."""
+    with Session(services.engine) as session:
+        routed = route_run(
+            session, services, tenant_id, body.app, body.routing, refuse_no_route=False
+        )
+    resolution = routed.resolution
+    cooldowns = Cooldowns(services.redis, services.settings.redis_namespace)
+    explained = explain(resolution, cooldowns.read(tenant_id, resolution.chain), utcnow())
+    return RoutingExplanation(
+        app=body.app,
+        version=routed.version,
+        rule=resolution.rule,
+        policy=resolution.policy,
+        max_attempts=resolution.max_attempts,
+        deadline_s=resolution.deadline_s,
+        chain=explained.chain,
+        skipped=[
+            SkippedHop(hop=s.hop, code=s.code, reason=s.reason, cooling_until=s.until)
+            for s in explained.skipped
+        ],
+        waits_until=explained.waits_until,
+    )
+
+
 @dataclass(frozen=True)
 class Routed:
     version: int | None
@@ -62,11 +113,15 @@ def route_run(
     tenant_id: str,
     app: str,
     override: RoutingOverride | None,
+    *,
+    refuse_no_route: bool = True,
 ) -> Routed:
-    """The tenant's config (its latest version) and healthy credentials, resolved for ``app``."""
+    """The tenant's config (its latest version) and healthy credentials, resolved for ``app``.
+    No hop can serve it: ``no_route`` (422), or, if not ``refuse_no_route``, an empty chain."""
     if not services.catalog.has_app(app):
         raise ApiError(422, "unknown_app", f"unknown app {app!r}", {"app": app})
     stored = store.current_config(session, tenant_id)
+    version = stored.version if stored else None
     try:
         resolution = resolve_chain(
             app,
@@ -79,8 +134,10 @@ def route_run(
     except OverrideRefused as exc:
         raise ApiError(422, "routing_override_refused", str(exc), {"app": app}) from None
     except NoRoute as exc:
-        raise ApiError(422, "no_route", str(exc), {"app": app}) from None
-    return Routed(stored.version if stored else None, resolution)
+        if refuse_no_route:
+            raise ApiError(422, "no_route", str(exc), {"app": app}) from None
+        return Routed(version, exc.resolution)
+    return Routed(version, resolution)
 
 
 def _credentials(session: Session, tenant_id: str, *, healthy_only: bool) -> dict[str, str]:

@@ -3,6 +3,7 @@
     queued --claim--> running --record(Succeed)--> succeeded
                          |----record(NextHop)----> queued (next hop, maybe after a delay)
                          |----record(Fail)-------> failed
+                         |----release(...)-------> queued or failed, no attempt made
                          '----lease lapses-------> queued (the sweeper sends it again)
 
 Every transition names the state it expects, so a duplicated or redelivered message,
@@ -15,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, literal
+from sqlalchemy import Update, func, literal
 from sqlmodel import Session, and_, col, or_, select, update
 
 from dispatcher.db import UTCDateTime, utcnow
@@ -129,12 +130,8 @@ def record(
 
     False (and nothing written) when the lease was lost to another worker or the run ended.
     """
-    now = utcnow()
     result = session.exec(
-        update(Run)
-        .where(col(Run.id) == claim.run_id, col(Run.claim_token) == claim.token)
-        .where(col(Run.status) == "running")
-        .values(**_next_state(decision, claim, now, requeue_after_s))
+        _held(claim).values(**_next_state(decision, claim, utcnow(), requeue_after_s))
     )
     if result.rowcount != 1:
         return False
@@ -143,6 +140,28 @@ def record(
     assert attempt.id is not None
     session.add(_usage_event(claim, attempt))
     return True
+
+
+def release(
+    session: Session, claim: Claim, decision: NextHop | Fail, *, requeue_after_s: float
+) -> bool:
+    """End a claim that made no attempt (its hop was cooling down): the run moves on as
+    ``decision`` says and gets its attempt back; no attempt row, no usage event.
+
+    False (and nothing written) when the claim no longer holds.
+    """
+    state = _next_state(decision, claim, utcnow(), requeue_after_s)
+    result = session.exec(_held(claim).values(**state, attempt_count=col(Run.attempt_count) - 1))
+    return result.rowcount == 1
+
+
+def _held(claim: Claim) -> Update:
+    """An update of the run, applying only while ``claim`` still holds it."""
+    return (
+        update(Run)
+        .where(col(Run.id) == claim.run_id, col(Run.claim_token) == claim.token)
+        .where(col(Run.status) == "running")
+    )
 
 
 def _next_state(

@@ -1,15 +1,19 @@
 """Chain resolution and config checks, as pure functions over a catalog of the tests' own."""
 
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 
 from dispatcher.catalog import Catalog
 from dispatcher.routing import (
+    Ahead,
     NoRoute,
     OverrideRefused,
     Resolution,
+    ahead,
     check_config,
+    explain,
     matches,
     resolve_chain,
 )
@@ -203,24 +207,55 @@ def test_order_prefers_providers_within_each_tier() -> None:
 
 
 @pytest.mark.parametrize(
-    ("hop", "reason"),
+    ("hop", "code", "reason"),
     [
-        (byok("anthropic", "gone"), "no usable credential 'gone'"),
-        (byok("anthropic", "oa"), "is for provider 'openai', not 'anthropic'"),
-        (shared("vertex"), "provider 'vertex' has no shared compute"),
-        (byok("openai", "oa"), "provider 'openai' cannot serve 'anthropic/claude-sonnet-4'"),
-        ({"provider": "anthropic", "credential": "mine"}, "neither 'shared' nor 'byok:<name>'"),
-        (shared("ghost"), "provider 'ghost' is unknown"),
+        (byok("anthropic", "gone"), "no_credential", "no usable credential 'gone'"),
+        (byok("anthropic", "oa"), "no_credential", "is for provider 'openai', not 'anthropic'"),
+        (shared("vertex"), "no_shared_compute", "provider 'vertex' has no shared compute"),
+        (
+            byok("openai", "oa"),
+            "cannot_serve",
+            "provider 'openai' cannot serve 'anthropic/claude-sonnet-4'",
+        ),
+        (
+            {"provider": "anthropic", "credential": "mine"},
+            "no_credential",
+            "neither 'shared' nor 'byok:<name>'",
+        ),
+        (shared("ghost"), "unknown_provider", "provider 'ghost' is unknown"),
     ],
 )
-def test_hops_the_run_cannot_take_are_dropped_with_a_reason(
-    hop: dict[str, Any], reason: str
+def test_hops_the_run_cannot_take_are_dropped_with_a_code_and_a_reason(
+    hop: dict[str, Any], code: str, reason: str
 ) -> None:
     config = _config(("anthropic/*", [hop, byok("bedrock", "aws")]))
     resolution = _resolve("anthropic/claude-sonnet-4", config)
     assert _hops(resolution) == [("bedrock", "byok:aws")]
     [skipped] = resolution.skipped
-    assert reason in skipped.reason
+    assert skipped.code == code and reason in skipped.reason
+
+
+def test_hops_the_policy_excludes_or_a_pin_cuts_are_skipped_with_why() -> None:
+    config = MIXED.model_copy(update={"policy": "byok_only"})
+    pinned = _resolve("anthropic/claude-sonnet-4", config, RoutingOverride(allow_fallbacks=False))
+    assert _hops(pinned) == [("anthropic", "byok:ant")]
+    assert [(s.hop.provider, s.code) for s in pinned.skipped] == [
+        ("anthropic", "excluded_by_policy"),
+        ("vertex", "fallbacks_off"),
+        ("bedrock", "fallbacks_off"),
+    ]
+    assert "'byok_only' excludes shared hops" in pinned.skipped[0].reason
+
+
+def test_no_route_carries_what_was_skipped_and_why() -> None:
+    with pytest.raises(NoRoute) as caught:
+        _resolve("simulated/echo", RoutingConfig(policy="byok_only"))
+    resolution = caught.value.resolution
+    assert resolution.chain == [] and resolution.policy == "byok_only"
+    assert [(s.hop.provider, s.code) for s in resolution.skipped] == [
+        ("anthropic", "cannot_serve"),
+        ("simulated", "excluded_by_policy"),
+    ]
 
 
 @pytest.mark.parametrize(
@@ -292,3 +327,77 @@ def test_each_hop_that_cannot_be_saved_is_named() -> None:
 def test_a_hop_serving_some_of_the_apps_a_pattern_matches_may_be_saved() -> None:
     config = _config(("*", [byok("openai", "oa"), shared("simulated")]))
     assert check_config(config, CATALOG, CREDENTIALS, SHARED) == []
+
+
+# Cooling hops: where a run goes now (``ahead``), and what explain answers.
+
+NOW = datetime(2030, 1, 1, tzinfo=UTC)
+THREE = [Hop(provider="anthropic"), Hop(provider="vertex"), Hop(provider="bedrock")]
+
+
+def _in(seconds: float) -> datetime:
+    return NOW + timedelta(seconds=seconds)
+
+
+@pytest.mark.parametrize(
+    ("cooling", "start", "expected"),
+    [
+        ([], 0, Ahead(0, None, [])),
+        ([None, None, None], 1, Ahead(1, None, [])),
+        ([_in(5), None, _in(1)], 0, Ahead(1, None, [0])),
+        ([_in(-1), None, None], 0, Ahead(0, None, [])),
+        ([_in(5), _in(9), _in(2)], 0, Ahead(2, _in(2), [0, 1])),
+        ([_in(1), _in(9), _in(2)], 1, Ahead(2, _in(2), [1])),
+        ([None, None, None], 3, None),
+    ],
+)
+def test_ahead_is_the_first_hop_not_cooling_else_the_first_to_reset(
+    cooling: list[datetime | None], start: int, expected: Ahead | None
+) -> None:
+    assert ahead(THREE, cooling, start, NOW) == expected
+
+
+def _mixed_claude() -> Resolution:
+    resolution = _resolve("anthropic/claude-sonnet-4", MIXED)
+    assert _hops(resolution) == [
+        ("anthropic", "byok:ant"),
+        ("vertex", "byok:gcp"),
+        ("bedrock", "byok:aws"),
+        ("anthropic", "shared"),
+    ]
+    return resolution
+
+
+def test_explain_with_nothing_cooling_is_the_resolved_chain() -> None:
+    resolution = _mixed_claude()
+    explained = explain(resolution, [], NOW)
+    assert explained.chain == resolution.chain and explained.waits_until is None
+    assert explained.skipped == resolution.skipped
+
+
+def test_explain_leaves_out_the_cooling_hops_saying_until_when() -> None:
+    resolution = _mixed_claude()
+    explained = explain(resolution, [_in(30), None, _in(-5), _in(10)], NOW)
+    assert [hop.provider for hop in explained.chain] == ["vertex", "bedrock"]
+    assert explained.waits_until is None
+    cooling = [(s.hop.provider, s.code, s.until) for s in explained.skipped]
+    assert cooling == [
+        ("anthropic", "cooling_down", _in(30)),
+        ("anthropic", "cooling_down", _in(10)),
+    ]
+    assert explained.skipped[0].reason == f"cooling down until {_in(30).isoformat()}"
+
+
+def test_explain_with_every_hop_cooling_waits_for_the_first_reset() -> None:
+    resolution = _mixed_claude()
+    explained = explain(resolution, [_in(30), _in(8), _in(20), _in(10)], NOW)
+    assert explained.chain == [resolution.chain[1]] and explained.waits_until == _in(8)
+    assert [s.hop.provider for s in explained.skipped] == ["anthropic", "bedrock", "anthropic"]
+
+
+def test_explain_with_no_route_has_an_empty_chain() -> None:
+    with pytest.raises(NoRoute) as caught:
+        _resolve("simulated/echo", RoutingConfig(policy="byok_only"))
+    explained = explain(caught.value.resolution, [], NOW)
+    assert explained.chain == [] and explained.waits_until is None
+    assert [s.code for s in explained.skipped] == ["cannot_serve", "excluded_by_policy"]

@@ -5,7 +5,7 @@ providers the shipped catalog lists.
 """
 
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
@@ -15,12 +15,15 @@ from sqlmodel import Session, func, select
 
 from dispatcher.api.app import create_app
 from dispatcher.catalog import Catalog
+from dispatcher.cooldowns import Cooldowns
+from dispatcher.db import utcnow
 from dispatcher.models import RoutingVersion, Run
 from dispatcher.services import Services, build_services
 from dispatcher.settings import Settings
 from dispatcher.store import lifecycle, tenants
 from dispatcher.store.credentials import mark_unhealthy, put_credential
 from schemas.credentials import AnthropicCredential, OpenAICredential
+from schemas.hops import Hop
 
 CATALOG = Catalog(
     providers=frozenset({"simulated", "openai", "anthropic"}),
@@ -312,3 +315,139 @@ def test_an_unhealthy_credential_is_skipped_at_submission(
         session.commit()
     run = _run(services, api.post("/v1/run", json=GPT, headers=auth).json()["id"])
     assert [hop["credential"] for hop in run.chain] == ["shared"]
+
+
+# POST /v1/routing/explain: what a run submitted now would do, and why.
+
+EXPLAIN_GPT = {"app": "openai/gpt-4o"}
+GPT_CHAIN = [
+    {"provider": "openai", "credential": "byok:oa", "model": "gpt-4o-2024", "timeout_s": 20},
+    {"provider": "simulated", "credential": "shared", "model": "echo", "timeout_s": 60},
+]
+
+
+def _explain(api: TestClient, auth: dict[str, str], body: dict[str, Any]) -> dict[str, Any]:
+    response = api.post("/v1/routing/explain", json=body, headers=auth)
+    assert response.status_code == 200, response.text
+    explained: dict[str, Any] = response.json()
+    return explained
+
+
+def _explain_cooling(
+    api: TestClient,
+    services: Services,
+    tenant: tuple[str, dict[str, str]],
+    cooling: dict[int, float],
+) -> dict[str, Any]:
+    """Explain GPT for ``tenant`` (with ``CONFIG``) while hops cool: hop index -> seconds."""
+    tenant_id, auth = tenant
+    api.put("/v1/routing", json=CONFIG, headers=auth)
+    chain = [Hop.model_validate(h) for h in GPT_CHAIN]
+    cooldowns = Cooldowns(services.redis, services.settings.redis_namespace)
+    for hop, seconds in cooling.items():
+        cooldowns.note(tenant_id, chain, hop, "rate_limited", seconds)
+    return _explain(api, auth, EXPLAIN_GPT)
+
+
+def _chain(explained: dict[str, Any]) -> list[dict[str, Any]]:
+    return [{k: v for k, v in hop.items() if v is not None} for hop in explained["chain"]]
+
+
+def test_explain_answers_the_chain_a_run_then_stores_and_stores_nothing(
+    api: TestClient, auth: dict[str, str], services: Services
+) -> None:
+    api.put("/v1/routing", json=CONFIG, headers=auth)
+    explained = _explain(api, auth, EXPLAIN_GPT)
+    assert _chain(explained) == GPT_CHAIN
+    assert {k: explained[k] for k in ("app", "version", "rule", "policy", "max_attempts")} == {
+        "app": "openai/gpt-4o",
+        "version": 1,
+        "rule": 0,
+        "policy": "byok_first",
+        "max_attempts": 3,
+    }
+    assert (explained["deadline_s"], explained["skipped"], explained["waits_until"]) == (
+        60,
+        [],
+        None,
+    )
+    assert _stored(services, Run) == 0 and _queued(services, "openai") == 0
+    run = _run(services, api.post("/v1/run", json=GPT, headers=auth).json()["id"])
+    assert run.chain == GPT_CHAIN
+
+
+def test_explain_leaves_out_a_cooling_hop_saying_until_when(
+    api: TestClient, tenant: tuple[str, dict[str, str]], services: Services
+) -> None:
+    explained = _explain_cooling(api, services, tenant, {0: 30})
+    assert _chain(explained) == GPT_CHAIN[1:] and explained["waits_until"] is None
+    [cooling] = explained["skipped"]
+    assert (cooling["hop"]["provider"], cooling["code"]) == ("openai", "cooling_down")
+    until = datetime.fromisoformat(cooling["cooling_until"])
+    assert utcnow() + timedelta(seconds=25) < until <= utcnow() + timedelta(seconds=30)
+    assert cooling["reason"] == f"cooling down until {until.isoformat()}"
+    # The cooldown is this tenant's: another tenant's credential of the same name is not cooling.
+    other_id, other = _tenant(services, "globex")
+    with Session(services.engine) as session:
+        key = OpenAICredential(api_key=SecretStr("sk-o"))
+        put_credential(session, services.keyring, other_id, "oa", key)
+        session.commit()
+    api.put("/v1/routing", json=CONFIG, headers=other)
+    assert _chain(_explain(api, other, EXPLAIN_GPT)) == GPT_CHAIN
+
+
+def test_explain_with_every_hop_cooling_says_the_run_waits_for_the_first_reset(
+    api: TestClient, tenant: tuple[str, dict[str, str]], services: Services
+) -> None:
+    explained = _explain_cooling(api, services, tenant, {0: 30, 1: 10})
+    assert _chain(explained) == GPT_CHAIN[1:]
+    assert explained["waits_until"] is not None
+    [cooling] = explained["skipped"]
+    assert cooling["hop"]["provider"] == "openai" and cooling["code"] == "cooling_down"
+    assert datetime.fromisoformat(explained["waits_until"]) < datetime.fromisoformat(
+        cooling["cooling_until"]
+    )
+
+
+def test_explain_says_why_hops_are_skipped_by_policy_or_credential(
+    api: TestClient, tenant: tuple[str, dict[str, str]], services: Services
+) -> None:
+    tenant_id, auth = tenant
+    api.put("/v1/routing", json=CONFIG, headers=auth)
+    narrowed = _explain(api, auth, EXPLAIN_GPT | {"routing": {"policy": "shared_only"}})
+    assert _chain(narrowed) == GPT_CHAIN[1:]
+    assert [(s["hop"]["provider"], s["code"]) for s in narrowed["skipped"]] == [
+        ("openai", "excluded_by_policy")
+    ]
+    with Session(services.engine) as session:
+        mark_unhealthy(session, tenant_id, "oa", "401 from provider")
+        session.commit()
+    unhealthy = _explain(api, auth, EXPLAIN_GPT)
+    [skipped] = unhealthy["skipped"]
+    assert skipped["code"] == "no_credential" and "'oa'" in skipped["reason"]
+
+
+def test_explain_with_no_route_answers_an_empty_chain_and_every_reason(
+    api: TestClient, auth: dict[str, str]
+) -> None:
+    api.put("/v1/routing", json=CONFIG | {"policy": "byok_only"}, headers=auth)
+    explained = _explain(api, auth, {"app": "simulated/echo"})
+    assert explained["chain"] == [] and explained["policy"] == "byok_only"
+    assert [s["code"] for s in explained["skipped"]] == ["excluded_by_policy"]
+
+
+@pytest.mark.parametrize(
+    ("body", "code"),
+    [
+        ({"app": "acme/nothing"}, "unknown_app"),
+        (EXPLAIN_GPT | {"routing": {"max_attempts": 9}}, "routing_override_refused"),
+        (EXPLAIN_GPT | {"input": {}}, "validation_error"),
+    ],
+)
+def test_explain_refuses_what_a_submission_would_refuse(
+    api: TestClient, auth: dict[str, str], body: dict[str, Any], code: str
+) -> None:
+    api.put("/v1/routing", json=CONFIG, headers=auth)
+    response = api.post("/v1/routing/explain", json=body, headers=auth)
+    assert response.status_code == 422 and response.json()["error"]["code"] == code
+    assert api.post("/v1/routing/explain", json=EXPLAIN_GPT).status_code == 401

@@ -2,6 +2,7 @@
 SQLite file); also the machine's Redis and Postgres when TEST_REDIS_URL and
 TEST_DATABASE_URL name them."""
 
+import json
 import os
 import uuid
 from collections.abc import Iterator
@@ -9,6 +10,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import sqlalchemy
+from pydantic import SecretStr
 from sqlmodel import SQLModel
 
 from dispatcher.db import init_db, make_engine
@@ -85,15 +87,11 @@ def make_settings(
 
 def settings_env(settings: Settings) -> dict[str, str]:
     """The environment that gives a child process the same settings."""
-    env = {
-        f"DISPATCHER_{name.upper()}": str(value)
-        for name, value in settings.model_dump().items()
-        if value is not None and not isinstance(value, list)
-    }
-    env["DISPATCHER_POOLS"] = _json_list(settings.pools)
-    env["DISPATCHER_SHARED_PROVIDERS"] = _json_list(settings.shared_providers)
+    env = {}
+    for name, value in settings.model_dump().items():
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
+        if value is not None:
+            text = json.dumps(value) if isinstance(value, list | dict) else str(value)
+            env[f"DISPATCHER_{name.upper()}"] = text
     return env
-
-
-def _json_list(values: list[str]) -> str:
-    return "[" + ",".join(f'"{v}"' for v in values) + "]"

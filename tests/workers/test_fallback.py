@@ -9,7 +9,7 @@ import pytest
 from dispatcher.store.lifecycle import Claim, Fail, NextHop, Succeed
 from schemas.hops import Hop
 from schemas.inference import InferenceResult, Usage
-from workers.fallback import MAX_ATTEMPTS, decide
+from workers.fallback import MAX_ATTEMPTS, MAX_WAIT_S, WAIT_MARGIN_S, decide, skip
 from workers.providers.errors import ProviderError
 
 CHAIN = [
@@ -134,3 +134,103 @@ def test_byok_only_still_fails_an_invalid_request_with_the_providers_message() -
     claim = _bounded(chain=BYOK_CHAIN, policy="byok_only")
     decision = decide(claim, ProviderError("invalid_request", "bad prompt", status_code=400))
     assert decision == Fail("invalid_request", "bad prompt", 400)
+
+
+# Cooling hops: passed over without an attempt; when all that are left cool, a wait.
+
+LONG = [*CHAIN, Hop(provider="openai", credential="byok:spare")]
+SLOW_DOWN = ProviderError("rate_limited", "slow down", status_code=429, retry_after_s=30)
+
+
+def _at(seconds: float) -> datetime:
+    return T0 + timedelta(seconds=seconds)
+
+
+def _long(hop: int = 0, **bounds: Any) -> Claim:
+    return _bounded(hop, chain=LONG, created_at=T0, **bounds)
+
+
+def test_a_failure_passes_over_the_hops_cooling_down() -> None:
+    cooling = [None, _at(30), _at(10), None]
+    assert decide(_long(), SLOW_DOWN, cooling, now=T0) == NextHop(hop=3, provider="openai")
+
+
+def test_a_cooldown_that_has_ended_is_no_cooldown() -> None:
+    cooling = [None, _at(-1), None, None]
+    assert decide(_long(), SLOW_DOWN, cooling, now=T0) == NextHop(hop=1, provider="anthropic")
+
+
+def test_the_run_never_goes_back_to_a_hop_before_it() -> None:
+    """Hop 0 resets first, but the run is past it: it waits for the first hop ahead."""
+    cooling = [_at(1), None, _at(20), _at(10)]
+    decision = decide(_long(hop=1), SLOW_DOWN, cooling, now=T0)
+    assert decision == NextHop(hop=3, provider="openai", delay_s=10 + WAIT_MARGIN_S)
+
+
+def test_when_every_hop_left_cools_the_run_waits_for_the_first_reset() -> None:
+    cooling = [None, _at(20), _at(5), _at(60)]
+    decision = decide(_long(), SLOW_DOWN, cooling, now=T0)
+    assert decision == NextHop(hop=2, provider="simulated", delay_s=5 + WAIT_MARGIN_S)
+
+
+def test_a_wait_that_would_end_past_the_deadline_fails_with_deadline_exceeded() -> None:
+    cooling = [None, _at(20), _at(5), _at(60)]
+    decision = decide(_long(deadline_at=_at(4)), SLOW_DOWN, cooling, now=T0)
+    assert isinstance(decision, Fail) and decision.code == "deadline_exceeded"
+    assert decision.status_code == 429
+    assert _at(5).isoformat() in decision.message and "slow down" in decision.message
+    within = decide(_long(deadline_at=_at(6)), SLOW_DOWN, cooling, now=T0)
+    assert within == NextHop(hop=2, provider="simulated", delay_s=5 + WAIT_MARGIN_S)
+
+
+def test_a_run_without_a_deadline_waits_no_later_than_a_bound_after_submission() -> None:
+    late = [None, *[_at(MAX_WAIT_S + 1)] * 3]
+    decision = decide(_long(), SLOW_DOWN, late, now=T0)
+    assert isinstance(decision, Fail) and decision.code == "deadline_exceeded"
+
+
+def test_max_attempts_still_bounds_a_run_whose_hops_cool() -> None:
+    cooling = [None, _at(5), _at(5), _at(5)]
+    decision = decide(_long(attempt=2, max_attempts=2), SLOW_DOWN, cooling, now=T0)
+    assert isinstance(decision, Fail) and decision.code == "chain_exhausted"
+
+
+def test_byok_only_still_ends_byok_exhausted_with_cooling_knowledge() -> None:
+    claim = _bounded(hop=1, chain=BYOK_CHAIN, policy="byok_only")
+    decision = decide(claim, SLOW_DOWN, [_at(1), _at(1)], now=T0)
+    assert isinstance(decision, Fail) and decision.code == "byok_exhausted"
+
+
+def test_an_invalid_request_fails_whatever_cools() -> None:
+    refused = ProviderError("invalid_request", "bad prompt", status_code=400)
+    assert decide(_long(), refused, [None, _at(5), None, None], now=T0) == Fail(
+        "invalid_request", "bad prompt", 400
+    )
+
+
+def test_a_claimed_hop_cooling_down_is_passed_over_to_the_next_that_is_not() -> None:
+    cooling = [_at(5), _at(5), None, None]
+    assert skip(_long(), cooling, now=T0) == NextHop(hop=2, provider="simulated")
+
+
+def test_a_claimed_hop_whose_whole_chain_cools_waits_for_the_first_reset() -> None:
+    """The claimed hop itself counts: it has not been tried, and may reset first."""
+    cooling = [_at(3), _at(9), _at(4), _at(5)]
+    assert skip(_long(), cooling, now=T0) == NextHop(
+        hop=0, provider="openai", delay_s=3 + WAIT_MARGIN_S
+    )
+    assert skip(_long(hop=1), cooling, now=T0) == NextHop(
+        hop=2, provider="simulated", delay_s=4 + WAIT_MARGIN_S
+    )
+
+
+def test_a_claimed_hop_that_cools_past_the_deadline_fails_without_an_attempt() -> None:
+    decision = skip(_long(hop=3, deadline_at=_at(10)), [None, None, None, _at(30)], now=T0)
+    assert isinstance(decision, Fail) and decision.code == "deadline_exceeded"
+    assert decision.status_code is None
+    assert "cooling down until " + _at(30).isoformat() in decision.message
+
+
+def test_a_claim_past_the_deadline_fails_with_deadline_exceeded() -> None:
+    decision = skip(_long(deadline_at=_at(-1)), [_at(5), None, None, None], now=T0)
+    assert isinstance(decision, Fail) and decision.code == "deadline_exceeded"
