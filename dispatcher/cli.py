@@ -4,10 +4,12 @@ It is the one place that knows both sides: it starts worker pools as processes b
 module name (``python -m workers``), never by importing them.
 """
 
+import asyncio
 import json
 import os
 import sys
-import time
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import click
@@ -34,6 +36,7 @@ def serve(host: str | None, port: int | None) -> None:
 
     settings = Settings()
     log.configure(settings.resolved_log_format, settings.log_level)
+    _check_vault_key(settings)
     app = create_app(build_services(settings, settings.locate_redis()))
     uvicorn.run(app, host=host or settings.host, port=port or settings.port, log_config=None)
 
@@ -170,28 +173,134 @@ def vault_rotate() -> None:
         raise SystemExit(1)
 
 
+_URL_HELP = "API base URL (default: http://127.0.0.1:PORT)"
+_KEY_HELP = "default: var/dev-api-key"
+
+
 @main.command()
 @click.argument("app")
 @click.option("--input", "input_json", required=True, help="the run's input, as JSON")
-@click.option("--url", default=None, help="API base URL (default: http://127.0.0.1:PORT)")
-@click.option(
-    "--api-key", envvar="DISPATCHER_API_KEY", default=None, help="default: var/dev-api-key"
-)
+@click.option("--url", default=None, help=_URL_HELP)
+@click.option("--api-key", envvar="DISPATCHER_API_KEY", default=None, help=_KEY_HELP)
 @click.option("--wait/--no-wait", default=True, help="wait for the run to finish")
 def submit(app: str, input_json: str, url: str | None, api_key: str | None, wait: bool) -> None:
     """Submit one run of APP and print it."""
-    settings = Settings()
-    base = url or f"http://{settings.host}:{settings.port}"
-    headers = {"Authorization": f"Bearer {api_key or _dev_key(settings)}"}
-    with httpx.Client(base_url=base, headers=headers, timeout=30) as client:
-        accepted = _checked(
-            client.post("/v1/run", json={"app": app, "input": json.loads(input_json)})
-        )
-        run = accepted
+    base, key = _target(url, api_key)
+    prefer = {"Prefer": "wait=30"} if wait else {}
+    headers = {"Authorization": f"Bearer {key}"}
+    with httpx.Client(base_url=base, headers=headers, timeout=60) as client:
+        body = {"app": app, "input": json.loads(input_json)}
+        run = _checked(client.post("/v1/run", json=body, headers=prefer))
         while wait and run["status"] in ("queued", "running"):
-            time.sleep(0.1)
-            run = _checked(client.get(f"/v1/runs/{accepted['id']}"))
+            run = _checked(client.get(f"/v1/runs/{run['id']}", headers=prefer))
     click.echo(json.dumps(run, indent=2))
+
+
+@main.command()
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--out",
+    "-o",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="results JSONL, one line per input line (default: FILE.results.jsonl); "
+    "run again with the same file to resume",
+)
+@click.option("--concurrency", "-c", type=click.IntRange(1, 1000), default=32, show_default=True)
+@click.option("--url", default=None, help=_URL_HELP)
+@click.option("--api-key", envvar="DISPATCHER_API_KEY", default=None, help=_KEY_HELP)
+def batch(
+    file: Path, out: Path | None, concurrency: int, url: str | None, api_key: str | None
+) -> None:
+    """Run each line of FILE (a POST /v1/run body per line), wait for them, write the results
+    in input order, and print a summary. Progress goes to stderr."""
+    from dispatcher.batch import BatchError, BatchOptions, run_batch
+
+    base, key = _target(url, api_key)
+    output = out or file.with_name(file.stem + ".results.jsonl")
+    options = BatchOptions(file, output, base, key, concurrency=concurrency)
+    try:
+        summary = asyncio.run(run_batch(options))
+    except BatchError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(summary.render(output))
+
+
+@main.group("webhook-secret")
+def webhook_secret() -> None:
+    """Manage tenants' webhook signing secrets (a new one is printed once)."""
+
+
+@webhook_secret.command("create")
+@click.argument("tenant_name")
+def webhook_secret_create(tenant_name: str) -> None:
+    """Create a signing secret for TENANT_NAME; the others in use keep signing."""
+    from dispatcher.store.webhooks import create_secret
+
+    click.echo(_with_tenant(tenant_name, create_secret).model_dump_json())
+
+
+@webhook_secret.command("rotate")
+@click.argument("tenant_name")
+@click.option(
+    "--expire-others-after",
+    type=click.FloatRange(0, 30 * 86_400),
+    default=86_400,
+    show_default=True,
+    help="seconds the secrets in use keep signing beside the new one",
+)
+def webhook_secret_rotate(tenant_name: str, expire_others_after: float) -> None:
+    """Create a new secret for TENANT_NAME and expire the others after a grace period."""
+    from dispatcher.store.webhooks import rotate_secrets
+
+    def rotate(session: Any, keyring: Any, tenant_id: str) -> Any:
+        return rotate_secrets(session, keyring, tenant_id, expire_others_after)
+
+    click.echo(_with_tenant(tenant_name, rotate).model_dump_json())
+
+
+@webhook_secret.command("list")
+@click.argument("tenant_name")
+def webhook_secret_list(tenant_name: str) -> None:
+    """The secrets that sign for TENANT_NAME now (ids and fingerprints, not the secrets)."""
+    from dispatcher.store.webhooks import list_secrets
+
+    listed = _with_tenant(
+        tenant_name, lambda session, _, tenant_id: list_secrets(session, tenant_id)
+    )
+    click.echo(json.dumps([item.model_dump(mode="json") for item in listed]))
+
+
+def _with_tenant(tenant_name: str, action: Callable[[Any, Any, str], Any]) -> Any:
+    """``action(session, keyring, tenant_id)`` for the tenant named, committed."""
+    from sqlmodel import Session
+
+    from dispatcher.store.tenants import tenant_by_name
+    from dispatcher.vault import keyring_for
+
+    with Session(_engine()) as session:
+        tenant = tenant_by_name(session, tenant_name)
+        if tenant is None:
+            raise click.ClickException(f"no tenant named {tenant_name!r}")
+        done = action(session, keyring_for(Settings()), tenant.id)
+        session.commit()
+    return done
+
+
+def _target(url: str | None, api_key: str | None) -> tuple[str, str]:
+    """The API's base URL and the key to call it with."""
+    settings = Settings()
+    return url or f"http://{settings.host}:{settings.port}", api_key or _dev_key(settings)
+
+
+def _check_vault_key(settings: Settings) -> None:
+    """Refuse to start on a missing or placeholder key-encryption key, before anything else."""
+    from dispatcher.vault import VaultError, keyring_for
+
+    try:
+        keyring_for(settings)
+    except VaultError as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 def _checked(response: httpx.Response) -> Any:

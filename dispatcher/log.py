@@ -3,10 +3,19 @@
 Lines written inside a run carry its context (run id, tenant, provider, hop, attempt)
 through ``structlog.contextvars``; the standard library's loggers (uvicorn, dramatiq)
 are rendered the same way.
+
+No line carries a credential. The HTTP and cloud client libraries, which log URLs, headers
+and signing material at DEBUG (botocore's canonical request holds the session token), are kept
+at WARNING whatever the level; and every line, tracebacks included, passes ``redact_secrets``
+last, which masks fields named for a secret, credential headers, bearer tokens, Google access
+tokens and PEM private keys wherever they show.
 """
 
 import logging
+import re
 import sys
+from collections.abc import Mapping, MutableMapping
+from typing import Any
 
 import structlog
 
@@ -16,6 +25,85 @@ _SHARED: list[structlog.types.Processor] = [
     structlog.stdlib.add_logger_name,
     structlog.processors.TimeStamper(fmt="iso", utc=True),
 ]
+
+#: Loggers that write request lines (URLs), headers or signing material below WARNING.
+QUIET_LOGGERS = (
+    "httpx",
+    "httpcore",
+    "uvicorn.access",
+    "botocore",
+    "boto3",
+    "urllib3",
+    "google.auth",
+    "google.oauth2",
+)
+
+REDACTED = "[redacted]"
+#: Headers whose value is a credential.
+_SECRET_HEADERS = (
+    "authorization",
+    "proxy-authorization",
+    "x-api-key",
+    "api-key",
+    "x-goog-api-key",
+    "x-amz-security-token",
+    "cookie",
+    "set-cookie",
+)
+#: Event fields (and keys of nested dicts) whose value is a secret, whatever it is.
+_SECRET_FIELDS = frozenset(
+    {
+        *_SECRET_HEADERS,
+        "access_token",
+        "api_key",
+        "assertion",
+        "password",
+        "private_key",
+        "secret",
+        "secret_access_key",
+        "session_token",
+    }
+)
+#: A credential header with its value, as ``name: value``, ``name=value`` or ``'name': 'value'``.
+_HEADER = re.compile(
+    rf"""(?i)\b({"|".join(_SECRET_HEADERS)})(['"]?\s*[:=]\s*['"]?)"""
+    r"""(?:(bearer|basic|key)\s+)?[^\s'",}\\]+"""
+)
+_BEARER = re.compile(r"(?i)\b(bearer)\s+[A-Za-z0-9._~+/=-]{8,}")
+_GOOGLE_TOKEN = re.compile(r"\bya29\.[A-Za-z0-9._-]+")
+_PRIVATE_KEY = re.compile(
+    r"-----BEGIN ([A-Z ]*)PRIVATE KEY-----.*?-----END [A-Z ]*PRIVATE KEY-----", re.DOTALL
+)
+
+
+def redact_text(text: str) -> str:
+    """``text`` with credential headers, bearer tokens, Google tokens and private keys masked."""
+    text = _PRIVATE_KEY.sub(rf"-----\1PRIVATE KEY {REDACTED}-----", text)
+    text = _HEADER.sub(lambda m: f"{m[1]}{m[2]}{m[3] + ' ' if m[3] else ''}{REDACTED}", text)
+    text = _BEARER.sub(rf"\1 {REDACTED}", text)
+    return _GOOGLE_TOKEN.sub(REDACTED, text)
+
+
+def redact_secrets(
+    _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """The structlog processor: secret-named fields masked, every text redacted, nested
+    dicts and lists included."""
+    for name, value in event_dict.items():
+        event_dict[name] = _redacted(name, value)
+    return event_dict
+
+
+def _redacted(name: object, value: Any) -> Any:
+    if isinstance(name, str) and name.lower() in _SECRET_FIELDS and value is not None:
+        return REDACTED
+    if isinstance(value, str):
+        return redact_text(value)
+    if isinstance(value, Mapping):
+        return {key: _redacted(key, item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_redacted(None, item) for item in value]
+    return value
 
 
 def configure(log_format: str = "console", level: str = "INFO") -> None:
@@ -37,6 +125,7 @@ def configure(log_format: str = "console", level: str = "INFO") -> None:
             processors=[
                 structlog.stdlib.ProcessorFormatter.remove_processors_meta,
                 structlog.processors.format_exc_info,
+                redact_secrets,  # last before rendering: tracebacks are text by now
                 renderer,
             ],
         )
@@ -44,6 +133,5 @@ def configure(log_format: str = "console", level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    # Request lines of HTTP clients name URLs; provider calls are logged by the workers.
-    for noisy in ("httpx", "httpcore", "uvicorn.access"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    for quiet in QUIET_LOGGERS:
+        logging.getLogger(quiet).setLevel(logging.WARNING)

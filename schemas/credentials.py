@@ -3,6 +3,12 @@
 ``CredentialSecret`` is a discriminated union on ``provider``: it is what the vault
 encrypts and what an adapter receives. None of these is ever sent back by the API:
 responses carry ``CredentialPublic`` (metadata and a fingerprint) only.
+
+None of them shows its secrets when printed or when it fails validation: keys are
+``SecretStr``, a service-account JSON is a ``ServiceAccountKey`` (a dict whose repr masks the
+private key), and validation errors leave the input out. A key sent in a header (``Key``) is
+stripped of the whitespace it was pasted with, and refused if more is inside it: an illegal
+header value would otherwise be quoted whole in the HTTP client's error.
 """
 
 import re
@@ -11,16 +17,55 @@ from datetime import datetime
 from functools import cache
 from typing import Annotated, Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
+
+#: What a key sent in an HTTP header may hold: visible ASCII, no spaces or line breaks.
+_HEADER_SAFE = re.compile(r"[\x21-\x7e]+")
+_MASKED = "**********"
+
+
+def _stripped(key: object) -> object:
+    return key.strip() if isinstance(key, str) else key
+
+
+def _header_safe(key: SecretStr) -> SecretStr:
+    if not _HEADER_SAFE.fullmatch(key.get_secret_value()):
+        raise ValueError(
+            "must be printable ASCII without spaces or line breaks: check what was pasted"
+        )
+    return key
+
+
+#: A secret sent in a header: stripped of surrounding whitespace, then checked.
+Key = Annotated[SecretStr, BeforeValidator(_stripped), AfterValidator(_header_safe)]
+
+
+class ServiceAccountKey(dict[str, Any]):
+    """A service-account key JSON: a plain dict, except that its repr masks the private key."""
+
+    def __repr__(self) -> str:
+        shown = {k: _MASKED if k == "private_key" else v for k, v in self.items()}
+        return f"ServiceAccountKey({shown!r})"
+
+    __str__ = __repr__
 
 
 class _Secret(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
 
 
 class OpenAICredential(_Secret):
     provider: Literal["openai"] = "openai"
-    api_key: SecretStr
+    api_key: Key
     organization: str | None = None
     project: str | None = None
     #: An OpenAI-compatible endpoint; must be on the allow-list of provider hosts.
@@ -31,7 +76,7 @@ class AzureOpenAICredential(_Secret):
     provider: Literal["azure_openai"] = "azure_openai"
     #: ``https://<resource>.openai.azure.com``; must be on the allow-list of provider hosts.
     endpoint: str
-    api_key: SecretStr
+    api_key: Key
     #: A dated version selects the classic deployments route; None selects the v1 route.
     api_version: str | None = None
     #: Model id (as in the catalog) -> deployment name.
@@ -40,12 +85,12 @@ class AzureOpenAICredential(_Secret):
 
 class AnthropicCredential(_Secret):
     provider: Literal["anthropic"] = "anthropic"
-    api_key: SecretStr
+    api_key: Key
 
 
 class GeminiCredential(_Secret):
     provider: Literal["gemini"] = "gemini"
-    api_key: SecretStr
+    api_key: Key
 
 
 #: A Vertex location (``us-central1``, ``europe-west4``, ``us``, ``global``): it becomes part
@@ -57,7 +102,7 @@ GCP_PROJECT = re.compile(r"^([a-z0-9.-]+:)?[a-z][a-z0-9-]{4,28}[a-z0-9]$")
 
 class VertexCredential(_Secret):
     provider: Literal["vertex"] = "vertex"
-    #: The service-account JSON as Google's console downloads it.
+    #: The service-account JSON as Google's console downloads it (a ``ServiceAccountKey``).
     service_account: dict[str, Any]
     region: str = Field(default="global", pattern=VERTEX_LOCATION.pattern)
     project: str | None = Field(default=None, pattern=GCP_PROJECT.pattern)
@@ -70,7 +115,7 @@ class VertexCredential(_Secret):
         missing = [k for k in ("client_email", "private_key", "token_uri") if not info.get(k)]
         if missing:
             raise ValueError(f"service_account lacks {', '.join(missing)}")
-        return info
+        return ServiceAccountKey(info)
 
 
 @cache
@@ -94,9 +139,9 @@ class BedrockCredential(_Secret):
     provider: Literal["bedrock"] = "bedrock"
     region: str
     access_key_id: str | None = None
-    secret_access_key: SecretStr | None = None
-    session_token: SecretStr | None = None
-    api_key: SecretStr | None = None
+    secret_access_key: Key | None = None
+    session_token: Key | None = None
+    api_key: Key | None = None
 
     @field_validator("region")
     @classmethod
@@ -119,7 +164,7 @@ class BedrockCredential(_Secret):
 
 class FalCredential(_Secret):
     provider: Literal["fal"] = "fal"
-    api_key: SecretStr
+    api_key: Key
 
 
 CredentialSecret = Annotated[

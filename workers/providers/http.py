@@ -22,7 +22,7 @@ Failures, translated here once::
     other httpx.HTTPError (decoding, ...)  -> ProviderError("provider_error")
     a 4xx/5xx answer                       -> on_error(response), the adapter's mapping
     a 2xx answer that is not a JSON object -> ProviderError("provider_error")
-    every message                          -> scrubbed of the secrets (and their 8-char prefixes)
+    every message                          -> scrubbed of the secrets (from their 8-char prefixes)
 
 Public names:
 
@@ -38,12 +38,13 @@ Public names:
 - ``google_details(body, kind)``: the ``google.rpc`` details of one kind in a Google error body.
 - ``json_body(response)``, ``dig(data, *path)``, ``int_at(data, *path)``,
   ``joined_text(parts, keep)``: read JSON answers.
-- ``scrub(text, secrets)``: the text with each secret, and its first 8 characters, masked.
+- ``scrub(text, secrets)``: the text with each secret, and its first 8 characters on, masked.
 - ``require_allowed(url, patterns)``: refuse a tenant-supplied URL off the host allow-list.
 - ``credential_as(credential, kind)``: the credential as its typed model.
 - ``chat_input(request)``, ``system_and_turns(chat)``, ``text_of(content)``: the chat input.
 """
 
+import json
 import re
 import ssl
 from collections.abc import Callable, Iterable, Iterator
@@ -67,6 +68,8 @@ ErrorMapper = Callable[[httpx.Response], ProviderError]
 Model = TypeVar("Model", bound=BaseModel)
 
 _MASK = "[redacted]"
+#: What may follow a masked prefix and still be the key: the characters keys are made of.
+_REST_OF_KEY = r"[A-Za-z0-9_-]*"
 _SYSTEM_ROLES = frozenset({"system", "developer"})
 
 
@@ -168,12 +171,28 @@ def scrubbed(error: ProviderError, secrets: Iterable[str]) -> ProviderError:
 
 
 def scrub(text: str, secrets: Iterable[str]) -> str:
-    """Mask each secret, then its first 8 characters (providers echo keys whole or truncated)."""
-    for secret in secrets:
-        for part in (secret, secret[:8]):
-            if part:
-                text = text.replace(part, _MASK)
+    """Mask each secret, then its first 8 characters with whatever key characters follow them
+    (providers echo keys whole or truncated). Each secret is looked for as written and as
+    escaped in a repr or in JSON: an HTTP library quotes an illegal header value as bytes."""
+    forms = [form for secret in secrets for form in _written_forms(secret)]
+    for form in forms:
+        text = text.replace(form, _MASK)
+    for form in forms:
+        if len(form) > 8:
+            text = re.sub(re.escape(form[:8]) + _REST_OF_KEY, _MASK, text)
     return text
+
+
+def _written_forms(secret: str) -> list[str]:
+    """``secret`` as written, stripped, and escaped as ``repr``, ``bytes`` repr and JSON do."""
+    forms = [
+        secret,
+        secret.strip(),
+        repr(secret)[1:-1],
+        repr(secret.encode(errors="backslashreplace"))[2:-1],
+        json.dumps(secret)[1:-1],
+    ]
+    return [form for form in dict.fromkeys(forms) if form]
 
 
 def retry_after_s(response: httpx.Response) -> float | None:
