@@ -1,50 +1,276 @@
-"""Run events: one Redis stream for every run's events, one per run, and a pub/sub channel.
+"""Run events: one Redis stream for every run's events, one per run, a pub/sub channel, and
+the webhook outbox.
 
     {ns}:events             every event of every run (capped), for other systems to consume
     {ns}:events:<run id>    one run's events, kept a day: live readers replay, then block
     {ns}:run:<run id>       pub/sub channel carrying the same payload, for waiters
+    {ns}:hook:<run id>      the run's webhook (url, events), set at submission when it has one
+    {ns}:webhooks:outbox    the events some run's webhook subscribed to, for the webhook pool
 
 Types: queued, running, attempt_failed, fell_back, waiting, succeeded, failed, canceled.
 A payload carries ids, statuses and error classes, never inputs, outputs or secrets.
+
+``publish`` is one round trip (a Lua script): it writes both streams, publishes, and copies
+the event to the outbox when the run's webhook subscribed to it, so the executor never looks
+a subscription up. ``queued`` is not published by the submit path (it stays one INSERT and
+one enqueue): readers of a run's events start from its row, and a webhook that subscribed to
+``queued`` gets it through the outbox when the run is submitted.
+
+``RunWatch`` is the API side: it wakes waiters (``Prefer: wait``, server-sent events) through
+one pub/sub connection per process.
 """
 
+import asyncio
+import contextlib
 import json
 import time
-from typing import Any, Literal
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Any
 
+import dramatiq
 import redis
+import redis.asyncio as aioredis
+import structlog
+from dramatiq.brokers.redis import RedisBroker
 
-EventType = Literal[
-    "queued", "running", "attempt_failed", "fell_back", "waiting", "succeeded", "failed", "canceled"
-]
-TERMINAL_EVENTS: frozenset[str] = frozenset({"succeeded", "failed", "canceled"})
+from schemas.webhooks import TERMINAL_EVENTS, RunEventType
+
+log = structlog.get_logger(__name__)
+
+EventType = RunEventType
 
 STREAM_MAXLEN = 100_000
 RUN_STREAM_TTL_S = 86_400
+#: A webhook subscription outlives any run still moving; the terminal event removes it.
+HOOK_TTL_S = 3 * 86_400
+
+# KEYS: shared stream, run stream, hook, outbox.
+# ARGV: payload, type, maxlen, run stream ttl, channel, terminal (1/0).
+_PUBLISH = """
+redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[3], '*', 'event', ARGV[1])
+redis.call('XADD', KEYS[2], '*', 'event', ARGV[1])
+redis.call('EXPIRE', KEYS[2], ARGV[4])
+redis.call('PUBLISH', ARGV[5], ARGV[1])
+local hook = redis.call('HMGET', KEYS[3], 'url', 'events')
+if hook[1] and string.find(',' .. hook[2] .. ',', ',' .. ARGV[2] .. ',', 1, true) then
+  redis.call('XADD', KEYS[4], '*', 'event', ARGV[1], 'url', hook[1])
+end
+if ARGV[6] == '1' then
+  redis.call('DEL', KEYS[3])
+end
+return 1
+"""
+
+
+def channel_name(namespace: str, run_id: str) -> str:
+    return f"{namespace}:run:{run_id}"
+
+
+def run_stream_name(namespace: str, run_id: str) -> str:
+    return f"{namespace}:events:{run_id}"
+
+
+def outbox_name(namespace: str) -> str:
+    return f"{namespace}:webhooks:outbox"
+
+
+def payload(run_id: str, tenant_id: str, type: str, data: dict[str, Any]) -> str:
+    return json.dumps(
+        {"run_id": run_id, "tenant_id": tenant_id, "type": type, "at": time.time(), **data}
+    )
+
+
+#: The webhook pool's queue and actor: a message is (delivery id, attempt number).
+DELIVERY_QUEUE = "webhooks"
+DELIVERY_ACTOR = "webhooks.deliver"
+
+
+def enqueue_delivery(
+    broker: RedisBroker, delivery_id: str, number: int, delay_s: float = 0.0
+) -> None:
+    message: dramatiq.Message[None] = dramatiq.Message(
+        queue_name=DELIVERY_QUEUE,
+        actor_name=DELIVERY_ACTOR,
+        args=(delivery_id, number),
+        kwargs={},
+        options={},
+    )
+    broker.enqueue(message, delay=int(delay_s * 1000) if delay_s > 0 else None)
+
+
+@dataclass(frozen=True)
+class Hook:
+    """A run's webhook subscription."""
+
+    run_id: str
+    tenant_id: str
+    url: str
+    events: Sequence[str]
 
 
 class RunEvents:
     def __init__(self, client: redis.Redis, namespace: str) -> None:
         self.client = client
         self.namespace = namespace
+        self._publish = client.register_script(_PUBLISH)
 
     def stream(self) -> str:
         return f"{self.namespace}:events"
 
     def run_stream(self, run_id: str) -> str:
-        return f"{self.namespace}:events:{run_id}"
+        return run_stream_name(self.namespace, run_id)
 
     def channel(self, run_id: str) -> str:
-        return f"{self.namespace}:run:{run_id}"
+        return channel_name(self.namespace, run_id)
+
+    def hook(self, run_id: str) -> str:
+        return f"{self.namespace}:hook:{run_id}"
+
+    def outbox(self) -> str:
+        return outbox_name(self.namespace)
 
     def publish(self, run_id: str, tenant_id: str, type: EventType, **data: Any) -> None:
-        payload = json.dumps(
-            {"run_id": run_id, "tenant_id": tenant_id, "type": type, "at": time.time(), **data}
-        )
-        fields = {"event": payload}
+        keys = [self.stream(), self.run_stream(run_id), self.hook(run_id), self.outbox()]
+        args: list[str | int] = [payload(run_id, tenant_id, type, data), type, STREAM_MAXLEN]
+        args += [RUN_STREAM_TTL_S, self.channel(run_id), int(type in TERMINAL_EVENTS)]
+        self._publish(keys=keys, args=args)
+
+    def subscribe_webhooks(self, hooks: Sequence[Hook]) -> None:
+        """Record runs' webhooks, before their first message is enqueued (one round trip);
+        a subscription to ``queued`` is served at once."""
         pipe = self.client.pipeline(transaction=False)
-        pipe.xadd(self.stream(), fields, maxlen=STREAM_MAXLEN, approximate=True)  # type: ignore[arg-type]
-        pipe.xadd(self.run_stream(run_id), fields)  # type: ignore[arg-type]
-        pipe.expire(self.run_stream(run_id), RUN_STREAM_TTL_S)
-        pipe.publish(self.channel(run_id), payload)
+        for hook in hooks:
+            key = self.hook(hook.run_id)
+            pipe.hset(key, mapping={"url": hook.url, "events": ",".join(hook.events)})
+            pipe.expire(key, HOOK_TTL_S)
+            if "queued" in hook.events:
+                event = payload(hook.run_id, hook.tenant_id, "queued", {})
+                pipe.xadd(self.outbox(), {"event": event, "url": hook.url})
         pipe.execute()
+
+
+class Signal:
+    """What one watcher of a run hears: ``changed`` on each of its events, ``settled`` on its
+    terminal one. A lost connection sets both (events may have been missed): the watcher then
+    reads the store or the run's stream again."""
+
+    def __init__(self) -> None:
+        self.changed = asyncio.Event()
+        self.settled = asyncio.Event()
+
+    def notify(self, *, settled: bool) -> None:
+        self.changed.set()
+        if settled:
+            self.settled.set()
+
+
+class RunWatch:
+    """Wakes waiters through ONE pub/sub connection per API process: a run's channel is
+    subscribed while someone watches it. ``watch`` yields once Redis has confirmed the
+    subscription, so no later event is missed; earlier ones are in the store (events follow
+    the commit) and in the run's stream."""
+
+    CONFIRM_TIMEOUT_S = 5.0
+    RETRY_S = 1.0
+
+    def __init__(self, client: aioredis.Redis, namespace: str) -> None:
+        self.client = client
+        self.namespace = namespace
+        self._pubsub = client.pubsub()
+        self._watchers: dict[str, set[Signal]] = {}
+        self._confirmed: dict[str, asyncio.Future[None]] = {}
+        self._send = asyncio.Lock()
+        self._reader: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Start listening; the connection is made (and remade) by the listener."""
+        self._reader = asyncio.create_task(self._read(), name="run-watch")
+
+    async def close(self) -> None:
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader
+        await self._pubsub.aclose()  # type: ignore[no-untyped-call]
+        await self.client.aclose()
+
+    @contextlib.asynccontextmanager
+    async def watch(self, run_id: str) -> AsyncIterator[Signal]:
+        """Hear ``run_id``'s events while inside; ``redis.RedisError`` if Redis is unreachable."""
+        channel = channel_name(self.namespace, run_id)
+        signal = Signal()
+        watchers = self._watchers.setdefault(channel, set())
+        watchers.add(signal)
+        try:
+            if channel not in self._confirmed:
+                self._confirmed[channel] = asyncio.get_running_loop().create_future()
+                async with self._send:
+                    await self._pubsub.subscribe(channel)
+            confirmed = asyncio.shield(self._confirmed[channel])
+            try:
+                await asyncio.wait_for(confirmed, self.CONFIRM_TIMEOUT_S)
+            except TimeoutError:
+                raise redis.TimeoutError("the subscription was not confirmed") from None
+            yield signal
+        finally:
+            watchers.discard(signal)
+            if not watchers:
+                await self._unsubscribe(channel)
+
+    async def _unsubscribe(self, channel: str) -> None:
+        self._watchers.pop(channel, None)
+        self._confirmed.pop(channel, None)
+        try:
+            async with self._send:
+                await self._pubsub.unsubscribe(channel)
+        except redis.RedisError as exc:
+            log.warning("could not unsubscribe a run channel", error=type(exc).__name__)
+
+    async def events_after(self, run_id: str, after: str) -> list[tuple[str, dict[str, Any]]]:
+        """The run's events after stream id ``after`` (``0-0``: all), oldest first."""
+        stream = run_stream_name(self.namespace, run_id)
+        entries = await self.client.xrange(stream, min=f"({after}", count=1000)
+        return [
+            (_text(entry), json.loads((fields or {})[b"event"])) for entry, fields in entries or []
+        ]
+
+    async def _read(self) -> None:
+        while True:
+            try:
+                if self._pubsub.connection is None:
+                    # A channel of its own keeps the connection subscribed while idle.
+                    async with self._send:
+                        await self._pubsub.subscribe(channel_name(self.namespace, "-"))
+                message = await self._pubsub.get_message(timeout=None)
+            except (redis.RedisError, OSError) as exc:
+                log.warning("run watch: no Redis; trying again", error=type(exc).__name__)
+                self._wake_all()
+                await asyncio.sleep(self.RETRY_S)
+                continue
+            if message is not None:
+                self._dispatch(message)
+
+    def _dispatch(self, message: dict[str, Any]) -> None:
+        channel = _text(message["channel"])
+        if message["type"] == "subscribe":
+            future = self._confirmed.get(channel)
+            if future is not None and not future.done():
+                future.set_result(None)
+            else:  # subscribed again after a reconnect: events may have been missed
+                self._wake(channel, settled=True)
+        elif message["type"] == "message":
+            event = json.loads(message["data"])
+            self._wake(channel, settled=event.get("type") in TERMINAL_EVENTS)
+
+    def _wake(self, channel: str, *, settled: bool) -> None:
+        for signal in self._watchers.get(channel, ()):
+            signal.notify(settled=settled)
+
+    def _wake_all(self) -> None:
+        for channel in list(self._watchers):
+            self._wake(channel, settled=True)
+
+
+def _text(value: bytes | str | None) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

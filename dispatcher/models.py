@@ -168,3 +168,74 @@ class RoutingVersion(SQLModel, table=True):
     version: int = Field(primary_key=True)
     config: dict[str, Any] = _json(nullable=False)
     created_at: datetime = _time(required=True)
+
+
+class IdempotencyKey(SQLModel, table=True):
+    """A tenant's ``Idempotency-Key`` and the run it created; it counts for a day."""
+
+    tenant_id: str = Field(primary_key=True)
+    key: str = Field(primary_key=True, max_length=255)
+    #: SHA-256 of the request body as validated: the same key with another body is refused.
+    body_hash: str
+    run_id: str
+    created_at: datetime = _time(required=True, index=True)
+
+
+class WebhookSecret(SQLModel, table=True):
+    """A tenant's webhook signing secret, sealed under the tenant's data key."""
+
+    id: str = Field(primary_key=True)
+    tenant_id: str = Field(foreign_key="tenant.id", index=True)
+    nonce: bytes = _bytes()
+    ciphertext: bytes = _bytes()
+    fingerprint: str
+    created_at: datetime = _time(required=True)
+    #: It stops signing at this time (a rotation or a delete sets it); None: no end yet.
+    expires_at: datetime | None = _time()
+
+
+class WebhookEndpoint(SQLModel, table=True):
+    """A tenant's webhook URL that answered ``410 Gone``: nothing goes there until a redeliver."""
+
+    tenant_id: str = Field(primary_key=True)
+    url_hash: str = Field(primary_key=True)
+    url: str
+    reason: str
+    disabled_at: datetime = _time(required=True)
+
+
+class WebhookDelivery(SQLModel, table=True):
+    """One event of one run for its webhook. ``id`` is the ``webhook-id`` of every attempt."""
+
+    __table_args__ = (Index("ix_webhookdelivery_status_due", "status", "next_attempt_at"),)
+
+    id: str = Field(primary_key=True)
+    run_id: str = Field(index=True)
+    tenant_id: str
+    event: str
+    url: str
+    #: The exact bytes signed and sent, the same on every attempt.
+    body: bytes = _bytes()
+    #: The outbox entry it came from: reading that entry twice makes no second delivery.
+    source: str = Field(unique=True)
+    status: str
+    attempt_count: int = 0
+    #: ``attempt_count`` when the current retry schedule began (a redeliver starts a new one).
+    round_start: int = 0
+    next_attempt_at: datetime | None = _time()
+    last_status_code: int | None = None
+    last_error: str | None = None
+    created_at: datetime = _time(required=True)
+    delivered_at: datetime | None = _time()
+
+
+class WebhookAttempt(SQLModel, table=True):
+    __table_args__ = (UniqueConstraint("delivery_id", "number"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    delivery_id: str = Field(foreign_key="webhookdelivery.id", index=True)
+    number: int
+    status_code: int | None = None
+    error: str | None = None
+    latency_ms: float
+    started_at: datetime = _time(required=True)

@@ -1,12 +1,14 @@
 """Request and response bodies of the runs API."""
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
+from schemas.errors import ErrorDetail
 from schemas.inference import Usage
 from schemas.routing import RoutingOverride
+from schemas.webhooks import WebhookSpec, webhook_from_url
 
 RunStatus = Literal["queued", "running", "succeeded", "failed", "canceled", "expired"]
 TERMINAL_STATUSES: frozenset[str] = frozenset({"succeeded", "failed", "canceled", "expired"})
@@ -27,7 +29,8 @@ class RunCreate(BaseModel):
         min_length=3, max_length=200, pattern=r"^[a-z0-9][a-z0-9._-]*/[A-Za-z0-9._:@-]+$"
     )
     input: dict[str, Any]
-    webhook: AnyHttpUrl | None = None
+    #: ``{"url", "events"}``, or just the URL (then: the terminal events).
+    webhook: Annotated[WebhookSpec | None, BeforeValidator(webhook_from_url)] = None
     metadata: dict[str, str] | None = Field(default=None, max_length=32)
     #: Narrows the tenant's routing for this run (see ``RoutingOverride``).
     routing: RoutingOverride | None = None
@@ -113,3 +116,30 @@ class RunPublic(BaseModel):
 class RunPage(BaseModel):
     data: list[RunPublic]
     next_cursor: str | None
+
+
+#: The most runs one ``POST /v1/runs/batch`` may carry.
+MAX_BATCH = 1000
+
+
+class BatchCreate(BaseModel):
+    """``POST /v1/runs/batch``: each item is a ``RunCreate``, validated on its own."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    runs: list[dict[str, Any]] = Field(min_length=1, max_length=MAX_BATCH)
+
+
+class BatchItem(BaseModel):
+    """One item's outcome, at its ``index`` in the request: an id, or an error."""
+
+    index: int
+    id: str | None = None
+    status: RunStatus | None = None
+    error: ErrorDetail | None = None
+
+
+class BatchAccepted(BaseModel):
+    data: list[BatchItem]
+    accepted: int
+    rejected: int

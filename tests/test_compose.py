@@ -50,12 +50,19 @@ def test_a_command_the_cli_does_not_have_is_caught() -> None:
         _resolve(["serve", "--colour", "red"])
 
 
+WEBHOOK_POOL = ["dispatcher", "worker", "--webhooks"]
+
+
 def test_every_worker_service_names_registered_providers() -> None:
     catalog = load_catalog()
     for spec in _services().values():
-        if spec["command"][1] == "worker":
+        if spec["command"][1] == "worker" and spec["command"] != WEBHOOK_POOL:
             for provider in spec["command"][2:]:
                 assert provider in ADAPTERS and provider in catalog.providers
+
+
+def test_there_is_a_webhook_delivery_pool() -> None:
+    assert WEBHOOK_POOL in [spec["command"] for spec in _services().values()]
 
 
 def test_redis_keeps_an_append_only_file_and_never_evicts() -> None:

@@ -54,7 +54,7 @@ def run_pool(providers: list[str], settings: Settings) -> None:
     worker.start()
     housekeeper.start()
     log.info("worker pool started", providers=providers, max_in_flight=settings.max_in_flight)
-    _wait_for_signal()
+    wait_for_signal()
 
     log.info("worker pool stopping", in_flight=runtime.in_flight)
     worker.stop()
@@ -71,7 +71,7 @@ def run_pool(providers: list[str], settings: Settings) -> None:
     engine.dispose()
 
 
-def _wait_for_signal() -> None:
+def wait_for_signal() -> None:
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
