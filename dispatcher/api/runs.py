@@ -219,7 +219,8 @@ async def submit_run(
     load = functools.partial(_load, services, tenant_id, accepted.id)
     run = await events.wait_for_run(events.watch_of(request), accepted.id, load, wait_s)
     if run is not None and run.status in TERMINAL_STATUSES:
-        return JSONResponse(run.model_dump(mode="json"), headers=dict(response.headers))
+        headers = dict(response.headers) | served_by(run)
+        return JSONResponse(run.model_dump(mode="json"), headers=headers)
     return accepted
 
 
@@ -229,9 +230,11 @@ async def get_run(
     tenant_id: TenantDep,
     services: ServicesDep,
     request: Request,
+    response: Response,
     prefer: Prefer = None,
 ) -> RunPublic:
-    """The run. With ``Prefer: wait=N``, once it is over or after N seconds."""
+    """The run. With ``Prefer: wait=N``, once it is over or after N seconds. Once served,
+    ``X-Dispatcher-Provider`` names the provider and credential that served it."""
     wait_s = events.wait_preference(prefer)
     if wait_s is None:
         run = await run_in_threadpool(_load, services, tenant_id, run_id)
@@ -240,7 +243,16 @@ async def get_run(
         run = await events.wait_for_run(events.watch_of(request), run_id, load, wait_s)
     if run is None:
         raise ApiError(404, "not_found", f"no run {run_id!r}")
+    response.headers.update(served_by(run))
     return run
+
+
+def served_by(run: RunPublic) -> dict[str, str]:
+    """``X-Dispatcher-Provider: openai; credential=byok:main`` once a provider served the run."""
+    if run.provider is None:
+        return {}
+    credential = "shared" if run.credential_kind == "shared" else f"byok:{run.credential_name}"
+    return {"X-Dispatcher-Provider": f"{run.provider}; credential={credential}"}
 
 
 @router.get("/runs", response_model=RunPage, responses=_ERRORS)

@@ -32,19 +32,19 @@ def put_credential(
 
     Two concurrent creations of one new name: the second fails on the unique index.
     """
-    data_key = _data_key(session, keyring, owner_id, create=True)
+    dek = data_key(session, keyring, owner_id, create=True)
     live = _live(session, owner_id, name)
     if live is not None:
         replaced = session.exec(
             update(Credential)
             .where(col(Credential.id) == live.id, col(Credential.deleted_at).is_(None))
-            .values(**_sealed(data_key, owner_id, live.id, secret))
+            .values(**_sealed(dek, owner_id, live.id, secret))
         )
         if replaced.rowcount == 1:
             session.refresh(live)
             return _public(live)
     credential_id = new_id("cred")
-    sealed = _sealed(data_key, owner_id, credential_id, secret)
+    sealed = _sealed(dek, owner_id, credential_id, secret)
     row = Credential(id=credential_id, owner_id=owner_id, name=name, **sealed)
     session.add(row)
     session.flush()
@@ -85,10 +85,8 @@ def load_secret(
         return None
     if row.nonce is None or row.ciphertext is None:
         raise VaultError(f"credential {row.id} has no ciphertext")
-    data_key = _data_key(session, keyring, owner_id, create=False)
-    secret = vault.unseal(
-        data_key, owner_id, row.id, row.provider, Sealed(row.nonce, row.ciphertext)
-    )
+    dek = data_key(session, keyring, owner_id, create=False)
+    secret = vault.unseal(dek, owner_id, row.id, row.provider, Sealed(row.nonce, row.ciphertext))
     _touch(session, row)
     return secret
 
@@ -143,7 +141,8 @@ def kek_ids_in_use(session: Session) -> dict[str, int]:
     return dict(rows.all())
 
 
-def _data_key(session: Session, keyring: Keyring, owner_id: str, *, create: bool) -> bytes:
+def data_key(session: Session, keyring: Keyring, owner_id: str, *, create: bool) -> bytes:
+    """The owner's data key, unwrapped (created first when ``create`` and there is none)."""
     row = session.get(DataKey, owner_id)
     if row is None and create:
         _insert_data_key(session, keyring, owner_id)

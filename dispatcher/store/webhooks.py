@@ -27,7 +27,7 @@ from sqlmodel import Session, col, or_, select, update
 from dispatcher.db import utcnow
 from dispatcher.ids import new_id
 from dispatcher.models import WebhookAttempt, WebhookDelivery, WebhookEndpoint, WebhookSecret
-from dispatcher.store.credentials import _data_key as data_key
+from dispatcher.store.credentials import data_key
 from dispatcher.vault import Keyring, VaultError
 from dispatcher.webhooks import new_secret
 from schemas.webhooks import (

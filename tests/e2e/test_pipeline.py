@@ -31,6 +31,8 @@ def test_a_submitted_run_succeeds_with_output_usage_provider_and_timings(
 
     run = wait_for_run(client, body["id"], timeout_s=10)
     assert run["status"] == "succeeded"
+    served = client.get(f"/v1/runs/{body['id']}").headers["x-dispatcher-provider"]
+    assert served == "simulated; credential=shared"
     assert run["output"]["text"] == "hi there"
     assert run["usage"]["input_tokens"] == 2 and run["usage"]["output_tokens"] == 2
     assert (run["provider"], run["credential_kind"]) == ("simulated", "shared")
