@@ -68,6 +68,11 @@ class Run(SQLModel, table=True):
     deadline_at: datetime | None = _time()
     claim_token: str | None = None
     lease_expires_at: datetime | None = _time()
+    #: A job submitted to a provider's queue (fal) that the run's attempt waits on: its handle
+    #: and where it stands. Set while the attempt waits (the run is ``running``, unclaimed).
+    pending_job: dict[str, Any] | None = Field(
+        default=None, sa_column=Column(JSON(none_as_null=True), nullable=True)
+    )
     created_at: datetime = _time(required=True)
     started_at: datetime | None = _time()
     finished_at: datetime | None = _time()
@@ -92,6 +97,8 @@ class Attempt(SQLModel, table=True):
     latency_ms: float
     usage: dict[str, Any] | None = _json()
     cost_usd: float = 0.0
+    #: The provider's job this attempt submitted and polled (fal: request id and URLs).
+    provider_job: dict[str, Any] | None = _json()
     started_at: datetime = _time(required=True)
     finished_at: datetime = _time(required=True)
 

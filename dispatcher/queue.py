@@ -1,8 +1,12 @@
 """The queues: one dramatiq queue per provider, ``run.<provider>``.
 
 A message carries a run id and a hop index, never an input or a secret: the run's
-state lives in the store. Workers declare one actor per provider under the names
-given here, so the dispatcher can enqueue without importing them.
+state lives in the store. Workers declare two actors per provider under the names
+given here, so the dispatcher can enqueue without importing them:
+
+    run_hop.<provider>   claim the run at the hop and call the provider
+    poll_hop.<provider>  poll the provider's job the run waits on (a fal job), or cancel
+                         it at the provider once the run was canceled
 """
 
 import dramatiq
@@ -20,6 +24,10 @@ def queue_name(provider: str) -> str:
 
 def actor_name(provider: str) -> str:
     return f"run_hop.{provider}"
+
+
+def poll_actor_name(provider: str) -> str:
+    return f"poll_hop.{provider}"
 
 
 def make_broker(
@@ -41,9 +49,22 @@ def make_broker(
 def enqueue_hop(
     broker: RedisBroker, run_id: str, hop_index: int, provider: str, delay_s: float = 0.0
 ) -> None:
+    _enqueue(broker, actor_name(provider), run_id, hop_index, provider, delay_s)
+
+
+def enqueue_poll(
+    broker: RedisBroker, run_id: str, hop_index: int, provider: str, delay_s: float = 0.0
+) -> None:
+    """Poll the job the run waits on at ``hop_index`` after ``delay_s``."""
+    _enqueue(broker, poll_actor_name(provider), run_id, hop_index, provider, delay_s)
+
+
+def _enqueue(
+    broker: RedisBroker, actor: str, run_id: str, hop_index: int, provider: str, delay_s: float
+) -> None:
     message: dramatiq.Message[None] = dramatiq.Message(
         queue_name=queue_name(provider),
-        actor_name=actor_name(provider),
+        actor_name=actor,
         args=(run_id, hop_index),
         kwargs={},
         options={},

@@ -64,6 +64,9 @@ class Settings(BaseSettings):
     webhook_allow_private: bool = False
     webhook_timeout_s: float = 15.0
 
+    #: How long after submitting a fal job its first status poll comes (each next one 1.5x later).
+    fal_first_poll_s: float = 2.0
+
     max_body_bytes: int = 1024 * 1024
     api_key_cache_s: float = 30.0
 

@@ -26,7 +26,7 @@ class RunCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     app: str = Field(
-        min_length=3, max_length=200, pattern=r"^[a-z0-9][a-z0-9._-]*/[A-Za-z0-9._:@-]+$"
+        min_length=3, max_length=200, pattern=r"^[a-z0-9][a-z0-9._-]*(/[A-Za-z0-9._:@-]+)+$"
     )
     input: dict[str, Any]
     #: ``{"url", "events"}``, or just the URL (then: the terminal events).
@@ -64,6 +64,23 @@ class RunError(BaseModel):
     status_code: int | None = None
 
 
+class ProviderJob(BaseModel):
+    """A job submitted to a provider's queue (fal): its handle, and where it stands."""
+
+    app: str
+    request_id: str
+    status: str
+    queue_position: int | None = None
+    #: Polls that found it still queued or running.
+    polls: int = 0
+    submitted_at: datetime
+    #: While the run waits on it: when it is polled next.
+    next_poll_at: datetime | None = None
+    status_url: str
+    response_url: str
+    cancel_url: str
+
+
 class AttemptPublic(BaseModel):
     number: int
     hop: int
@@ -79,6 +96,8 @@ class AttemptPublic(BaseModel):
     latency_ms: float
     usage: Usage | None
     cost_usd: float
+    #: The provider's job this attempt submitted and polled (fal), if any.
+    provider_job: ProviderJob | None = None
     started_at: datetime
     finished_at: datetime
 
@@ -108,6 +127,8 @@ class RunPublic(BaseModel):
     #: The tenant's routing config version the run was routed with (None: the platform default).
     routing_version: int | None
     policy: str | None
+    #: The provider's job the running attempt waits on (fal), if any.
+    pending_job: ProviderJob | None = None
     attempts: list[AttemptPublic]
     timings: Timings
     created_at: datetime

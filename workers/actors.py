@@ -1,4 +1,6 @@
-"""The dramatiq actors: one per provider, each on its own queue ``run.<provider>``."""
+"""The dramatiq actors: two per provider, on the provider's own queue ``run.<provider>``:
+``run_hop.<provider>`` claims a run and calls the provider, ``poll_hop.<provider>`` polls the
+provider's job a run waits on (or cancels it there)."""
 
 from typing import Any
 
@@ -7,7 +9,7 @@ import structlog
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.middleware import Middleware
 
-from dispatcher.queue import actor_name, queue_name
+from dispatcher.queue import actor_name, poll_actor_name, queue_name
 from workers.executor import HopExecutor
 
 
@@ -28,10 +30,9 @@ class LogContext(Middleware):
 
 def declare_actors(broker: RedisBroker, executor: HopExecutor, providers: list[str]) -> None:
     for provider in providers:
-        declare = dramatiq.actor(
-            broker=broker,
-            actor_name=actor_name(provider),
-            queue_name=queue_name(provider),
-            max_retries=0,
-        )
-        declare(executor.handle)
+        for name, body in ((actor_name, executor.handle), (poll_actor_name, executor.poll)):
+            declare = dramatiq.actor(
+                broker=broker, actor_name=name(provider), queue_name=queue_name(provider),
+                max_retries=0,
+            )  # fmt: skip
+            declare(body)

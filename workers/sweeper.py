@@ -3,6 +3,8 @@
 - renew the leases of the runs this process holds, so a live worker keeps them;
 - sweep: take back runs whose lease lapsed (their worker died) or whose message was
   lost, and enqueue them again. Takes are conditional, so many sweepers are safe.
+  A run waiting on a provider's job (fal) gets a poll message, never a hop message:
+  that would submit the job a second time.
 """
 
 import threading
@@ -15,7 +17,7 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session
 
-from dispatcher.queue import enqueue_hop
+from dispatcher.queue import enqueue_hop, enqueue_poll
 from dispatcher.settings import Settings
 from dispatcher.store import lifecycle
 
@@ -29,16 +31,24 @@ def renew_once(engine: Engine, held: dict[str, str], lease_s: float) -> int:
     return renewed
 
 
-def sweep_once(engine: Engine, broker: RedisBroker, requeue_after_s: float) -> int:
+def sweep_once(
+    engine: Engine, broker: RedisBroker, requeue_after_s: float, grace_s: float = 30.0
+) -> int:
+    """One sweep: hop messages for lapsed runs, poll messages for overdue jobs (their poll
+    due for ``grace_s`` already). Returns how many runs were taken back."""
     with Session(engine) as session:
         taken = lifecycle.sweep(session, requeue_after_s)
+        polled = lifecycle.sweep_jobs(session, grace_s)
         session.commit()
     for run_id, hop_index, provider in taken:
         log.warning(
             "run taken back by the sweeper", run_id=run_id, hop=hop_index, provider=provider
         )
         enqueue_hop(broker, run_id, hop_index, provider)
-    return len(taken)
+    for run_id, hop_index, provider in polled:
+        log.warning("job poll sent by the sweeper", run_id=run_id, hop=hop_index, provider=provider)
+        enqueue_poll(broker, run_id, hop_index, provider)
+    return len(taken) + len(polled)
 
 
 class Housekeeper(threading.Thread):
@@ -62,7 +72,8 @@ class Housekeeper(threading.Thread):
                     renew_once(self.engine, self.held, self.settings.lease_s)
                 if now >= sweep_due:
                     sweep_due = now + self.settings.sweep_interval_s
-                    sweep_once(self.engine, self.broker, self.settings.requeue_after_s)
+                    settings = self.settings
+                    sweep_once(self.engine, self.broker, settings.requeue_after_s, settings.lease_s)
             except (SQLAlchemyError, redis.RedisError) as exc:
                 log.error("housekeeping failed; trying again next tick", error=str(exc))
             self.stopped.wait(max(0.0, min(renew_due, sweep_due) - time.monotonic()))

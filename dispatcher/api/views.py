@@ -4,7 +4,15 @@ from datetime import datetime
 
 from dispatcher.models import Attempt, Run
 from schemas.inference import Usage
-from schemas.runs import AttemptPublic, RunAccepted, RunError, RunPublic, RunUrls, Timings
+from schemas.runs import (
+    AttemptPublic,
+    ProviderJob,
+    RunAccepted,
+    RunError,
+    RunPublic,
+    RunUrls,
+    Timings,
+)
 
 
 def run_url(run_id: str) -> str:
@@ -50,6 +58,7 @@ def run_public(run: Run, attempts: list[Attempt]) -> RunPublic:
         metadata=run.meta,
         routing_version=run.routing_version,
         policy=run.policy,
+        pending_job=ProviderJob.model_validate(run.pending_job) if run.pending_job else None,
         attempts=[attempt_public(attempt) for attempt in attempts],
         timings=Timings(
             created_at=run.created_at,

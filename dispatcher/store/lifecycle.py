@@ -4,11 +4,19 @@
                          |----record(NextHop)----> queued (next hop, maybe after a delay)
                          |----record(Fail)-------> failed
                          |----release(...)-------> queued or failed, no attempt made
+                         |----park(job)----------> running, unclaimed, waiting on a provider's
+                         |                         job (claim_job takes it to poll it once)
                          '----lease lapses-------> queued (the sweeper sends it again)
 
 Every transition names the state it expects, so a duplicated or redelivered message,
 or a worker that lost its lease, changes nothing: exactly one result, one attempt row
 and one usage event per attempt.
+
+A parked run (``pending_job`` set: a fal job submitted, not done) is never claimed or swept
+as a hop again -- that would submit a second, paid job. Its lease is the time of its next
+poll plus a grace: ``claim_job`` takes it once the poll is due, the sweeper sends a poll
+message when the grace has passed too (a lost message, a dead poller), and a canceled run
+still holding a job gives it up once (``drop_canceled_job``) to be canceled at the provider.
 """
 
 import uuid
@@ -16,7 +24,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Update, func, literal
+from sqlalchemy import ColumnElement, Update, case, func, literal
 from sqlmodel import Session, and_, col, or_, select, update
 
 from dispatcher.db import UTCDateTime, utcnow
@@ -24,6 +32,9 @@ from dispatcher.models import Attempt, Run, UsageEvent
 from schemas.hops import Hop
 from schemas.inference import Usage
 from schemas.routing import DEFAULT_MAX_ATTEMPTS
+
+#: A poll message may arrive this much before its poll is due (clocks of other processes).
+POLL_EARLY_S = 0.5
 
 
 @dataclass(frozen=True)
@@ -43,10 +54,22 @@ class Claim:
     policy: str | None = None
     max_attempts: int = DEFAULT_MAX_ATTEMPTS
     deadline_at: datetime | None = None
+    #: The provider's job this attempt waits on (a poll's claim); None for a fresh attempt.
+    job: dict[str, Any] | None = None
 
     @property
     def hop(self) -> Hop:
         return self.chain[self.hop_index]
+
+
+@dataclass(frozen=True)
+class CanceledJob:
+    """A canceled run's provider job, given up by the run to be canceled at the provider."""
+
+    run_id: str
+    tenant_id: str
+    hop: Hop
+    job: dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -77,21 +100,58 @@ Decision = Succeed | NextHop | Fail
 def claim_run(session: Session, run_id: str, hop_index: int, lease_s: float) -> Claim | None:
     """Take a queued run (or one whose lease lapsed) at ``hop_index``; None if not ours to take."""
     now = utcnow()
-    token = uuid.uuid4().hex
     claimable = or_(
         col(Run.status) == "queued",
         and_(col(Run.status) == "running", col(Run.lease_expires_at) < now),
     )
+    return _take(
+        session,
+        run_id,
+        hop_index,
+        (claimable, col(Run.pending_job).is_(None)),
+        {
+            "status": "running",
+            "lease_expires_at": now + timedelta(seconds=lease_s),
+            "attempt_count": col(Run.attempt_count) + 1,
+            "started_at": func.coalesce(col(Run.started_at), literal(now, UTCDateTime())),
+        },
+    )
+
+
+def claim_job(
+    session: Session, run_id: str, hop_index: int, lease_s: float, grace_s: float
+) -> Claim | None:
+    """Take a parked run at ``hop_index`` to poll its job once: when the poll is due (``park``
+    set the lease to its time plus ``grace_s``), or when its poller's lease lapsed. The claim
+    carries the job and the attempt the job belongs to; None if not ours to take (an early
+    duplicate message, a poll in flight, the run moved on or ended)."""
+    now = utcnow()
+    due = or_(
+        and_(
+            col(Run.claim_token).is_(None),
+            col(Run.lease_expires_at) <= now + timedelta(seconds=grace_s + POLL_EARLY_S),
+        ),
+        col(Run.lease_expires_at) < now,
+    )
+    parked = (col(Run.status) == "running", col(Run.pending_job).is_not(None), due)
+    return _take(
+        session, run_id, hop_index, parked, {"lease_expires_at": now + timedelta(seconds=lease_s)}
+    )
+
+
+def _take(
+    session: Session,
+    run_id: str,
+    hop_index: int,
+    where: tuple[ColumnElement[bool], ...],
+    values: dict[str, Any],
+) -> Claim | None:
+    """A claim on the run at ``hop_index``, if it matches ``where``; ``values`` are written."""
+    token = uuid.uuid4().hex
     row = session.exec(
         update(Run)
-        .where(col(Run.id) == run_id, col(Run.hop_index) == hop_index, claimable)
-        .values(
-            status="running",
-            claim_token=token,
-            lease_expires_at=now + timedelta(seconds=lease_s),
-            attempt_count=col(Run.attempt_count) + 1,
-            started_at=func.coalesce(col(Run.started_at), literal(now, UTCDateTime())),
-        )
+        .where(col(Run.id) == run_id, col(Run.hop_index) == hop_index, *where)
+        .values(**values, claim_token=token)
         .returning(
             col(Run.tenant_id),
             col(Run.app),
@@ -102,11 +162,12 @@ def claim_run(session: Session, run_id: str, hop_index: int, lease_s: float) -> 
             col(Run.policy),
             col(Run.max_attempts),
             col(Run.deadline_at),
+            col(Run.pending_job),
         )
     ).first()
     if row is None:
         return None
-    tenant_id, app, input_, chain, attempt, created_at, policy, max_attempts, deadline_at = row
+    tenant_id, app, input_, chain, attempt, created_at, policy, max_attempts, deadline, job = row
     return Claim(
         run_id=run_id,
         tenant_id=tenant_id,
@@ -119,7 +180,8 @@ def claim_run(session: Session, run_id: str, hop_index: int, lease_s: float) -> 
         created_at=created_at,
         policy=policy,
         max_attempts=max_attempts,
-        deadline_at=deadline_at,
+        deadline_at=deadline,
+        job=job,
     )
 
 
@@ -155,6 +217,41 @@ def release(
     return result.rowcount == 1
 
 
+def park(
+    session: Session, claim: Claim, job: dict[str, Any], poll_at: datetime, grace_s: float
+) -> bool:
+    """The attempt waits on ``job`` at its provider: store the job on the run and let the claim
+    go (the run stays ``running``) until its poll at ``poll_at``; nothing is recorded yet.
+
+    False (and nothing written) when the claim no longer holds.
+    """
+    lease = poll_at + timedelta(seconds=grace_s)
+    result = session.exec(
+        _held(claim).values(pending_job=job, claim_token=None, lease_expires_at=lease)
+    )
+    return result.rowcount == 1
+
+
+def drop_canceled_job(session: Session, run_id: str) -> CanceledJob | None:
+    """A canceled run's provider job, taken off the run once: only one caller gets it (and
+    cancels it at the provider). None when the run is not canceled or holds no job."""
+    holding = (
+        col(Run.id) == run_id,
+        col(Run.status) == "canceled",
+        col(Run.pending_job).is_not(None),
+    )
+    row = session.exec(
+        select(Run.tenant_id, Run.chain, Run.hop_index, Run.pending_job).where(*holding)
+    ).first()
+    if row is None:
+        return None
+    result = session.exec(update(Run).where(*holding).values(pending_job=None))
+    if result.rowcount != 1:
+        return None
+    tenant_id, chain, hop_index, job = row
+    return CanceledJob(run_id, tenant_id, Hop.model_validate(chain[hop_index]), dict(job or {}))
+
+
 def _held(claim: Claim) -> Update:
     """An update of the run, applying only while ``claim`` still holds it."""
     return (
@@ -167,7 +264,7 @@ def _held(claim: Claim) -> Update:
 def _next_state(
     decision: Decision, claim: Claim, now: datetime, requeue_after_s: float
 ) -> dict[str, Any]:
-    released: dict[str, Any] = {"claim_token": None}
+    released: dict[str, Any] = {"claim_token": None, "pending_job": None}
     match decision:
         case Succeed(output=output, usage=usage):
             hop = claim.hop
@@ -221,11 +318,16 @@ def _usage_event(claim: Claim, attempt: Attempt) -> UsageEvent:
     )
 
 
-def cancel(session: Session, tenant_id: str, run_id: str) -> tuple[str | None, bool]:
+def cancel(
+    session: Session, tenant_id: str, run_id: str, grace_s: float = 30.0
+) -> tuple[str | None, bool]:
     """Cancel a queued or running run: (its status afterwards, whether this call canceled it);
     (None, False) when the tenant has no such run. A running attempt's outcome is then
-    discarded: recording it needs the status to still be ``running``."""
+    discarded: recording it needs the status to still be ``running``. A run parked on a
+    provider's job keeps the job until ``drop_canceled_job`` takes it; if no poll message
+    comes for it, the sweeper sends one after ``grace_s``."""
     now = utcnow()
+    job_kept = now + timedelta(seconds=grace_s)
     result = session.exec(
         update(Run)
         .where(col(Run.id) == run_id, col(Run.tenant_id) == tenant_id)
@@ -233,7 +335,7 @@ def cancel(session: Session, tenant_id: str, run_id: str) -> tuple[str | None, b
         .values(
             status="canceled",
             claim_token=None,
-            lease_expires_at=None,
+            lease_expires_at=case((col(Run.pending_job).is_(None), None), else_=job_kept),
             finished_at=now,
             error={"code": "canceled", "message": "canceled by request"},
         )
@@ -263,25 +365,41 @@ def sweep(session: Session, requeue_after_s: float, limit: int = 500) -> list[tu
 
     Returns (run id, hop index, provider) for each run this call took; the caller enqueues
     them. Each take is itself conditional, so concurrent sweepers never both take a run.
+    Parked runs are ``sweep_jobs``'s.
     """
+    stale = (col(Run.status).in_(("queued", "running")), col(Run.pending_job).is_(None))
+    requeued = {"status": "queued", "claim_token": None}
+    return _sweep(session, stale, requeued, requeue_after_s, limit)
+
+
+def sweep_jobs(session: Session, grace_s: float, limit: int = 500) -> list[tuple[str, int, str]]:
+    """Take back parked runs whose poll is overdue (a lost message, a dead poller), and
+    canceled runs whose job was not given up yet: (run id, hop index, provider) for each, to
+    send a poll message to (never a hop message: that would submit the job again). A taken
+    run's poll is due at once; if that message is lost too, the next sweep after ``grace_s``
+    takes it again."""
+    stale = (col(Run.status).in_(("running", "canceled")), col(Run.pending_job).is_not(None))
+    return _sweep(session, stale, {"claim_token": None}, grace_s, limit)
+
+
+def _sweep(
+    session: Session,
+    stale: tuple[ColumnElement[bool], ...],
+    values: dict[str, Any],
+    lease_s: float,
+    limit: int,
+) -> list[tuple[str, int, str]]:
     now = utcnow()
-    stale = session.exec(
-        select(Run.id, Run.status, Run.hop_index, Run.chain)
-        .where(col(Run.status).in_(("queued", "running")), col(Run.lease_expires_at) < now)
-        .limit(limit)
+    lapsed = col(Run.lease_expires_at) < now
+    found = session.exec(
+        select(Run.id, Run.status, Run.hop_index, Run.chain).where(*stale, lapsed).limit(limit)
     ).all()
     taken = []
-    for run_id, status, hop_index, chain in stale:
+    for run_id, status, hop_index, chain in found:
         result = session.exec(
             update(Run)
-            .where(
-                col(Run.id) == run_id, col(Run.status) == status, col(Run.lease_expires_at) < now
-            )
-            .values(
-                status="queued",
-                claim_token=None,
-                lease_expires_at=now + timedelta(seconds=requeue_after_s),
-            )
+            .where(col(Run.id) == run_id, col(Run.status) == status, lapsed, *stale)
+            .values(**values, lease_expires_at=now + timedelta(seconds=lease_s))
         )
         if result.rowcount == 1:
             taken.append((run_id, hop_index, chain[hop_index]["provider"]))

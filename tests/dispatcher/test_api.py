@@ -213,3 +213,9 @@ def test_a_revoked_key_stops_working(api: TestClient, services: Services) -> Non
         session.commit()
     services.keys._known.clear()
     assert api.get("/v1/runs", headers=headers).status_code == 401
+
+
+def test_an_app_id_with_a_path_passes_validation(api: TestClient, auth: dict[str, str]) -> None:
+    """fal app ids have a path (``fal-ai/flux/schnell``); with no fal route this is no_route."""
+    error = api.post("/v1/run", json={"app": "fal-ai/flux/schnell", "input": {}}, headers=auth).json()
+    assert error["error"]["code"] == "no_route"

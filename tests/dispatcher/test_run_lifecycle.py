@@ -2,6 +2,7 @@
 
 import time
 from collections.abc import Iterator
+from datetime import timedelta
 
 import pytest
 from sqlalchemy import Engine
@@ -226,3 +227,141 @@ def test_a_canceled_running_run_discards_its_result_and_a_finished_one_says_its_
     assert finished is not None and _record(engine, finished, Succeed({}, Usage()))
     with Session(engine) as session:
         assert lifecycle.cancel(session, tenant_id, done) == ("succeeded", False)
+
+
+JOB = {"app": "fal-ai/flux/schnell", "request_id": "req-1", "status": "IN_QUEUE", "polls": 0}
+
+
+def _park(engine: Engine, claim: Claim, poll_in_s: float, grace_s: float = 30) -> bool:
+    with Session(engine) as session:
+        poll_at = utcnow() + timedelta(seconds=poll_in_s)
+        parked = lifecycle.park(session, claim, JOB, poll_at, grace_s=grace_s)
+        session.commit()
+        return parked
+
+
+def _claim_job(
+    engine: Engine, run_id: str, lease_s: float = 30, grace_s: float = 30
+) -> Claim | None:
+    with Session(engine) as session:
+        claim = lifecycle.claim_job(session, run_id, 0, lease_s, grace_s=grace_s)
+        session.commit()
+        return claim
+
+
+def _parked_run(engine: Engine, tenant_id: str, poll_in_s: float, grace_s: float = 30) -> str:
+    run_id = _new_run(engine, tenant_id)
+    claim = _claim(engine, run_id)
+    assert claim is not None and _park(engine, claim, poll_in_s, grace_s)
+    return run_id
+
+
+def _cancel(
+    engine: Engine, tenant_id: str, run_id: str, grace_s: float = 30
+) -> tuple[str | None, bool]:
+    with Session(engine) as session:
+        answer = lifecycle.cancel(session, tenant_id, run_id, grace_s=grace_s)
+        session.commit()
+        return answer
+
+
+def _sweep_jobs(engine: Engine, grace_s: float = 30) -> list[tuple[str, int, str]]:
+    with Session(engine) as session:
+        taken = lifecycle.sweep_jobs(session, grace_s)
+        session.commit()
+        return taken
+
+
+def test_a_parked_run_is_never_claimed_or_swept_as_a_hop_again(
+    engine: Engine, tenant_id: str
+) -> None:
+    """Claiming it at its hop would submit its job a second time."""
+    run_id = _new_run(engine, tenant_id)
+    claim = _claim(engine, run_id, lease_s=0.05)
+    assert claim is not None and _park(engine, claim, poll_in_s=0.0, grace_s=0.05)
+    time.sleep(0.1)
+    assert _claim(engine, run_id) is None
+    with Session(engine) as session:
+        assert lifecycle.sweep(session, requeue_after_s=600) == []
+        run = runs.get_run(session, tenant_id, run_id)
+        assert run is not None and (run.status, run.claim_token, run.pending_job) == (
+            "running", None, JOB,
+        )  # fmt: skip
+
+
+def test_a_parked_run_is_polled_only_when_its_poll_is_due_and_by_one_poller(
+    engine: Engine, tenant_id: str
+) -> None:
+    later = _parked_run(engine, tenant_id, poll_in_s=5)
+    assert _claim_job(engine, later) is None  # an early duplicate message polls nothing
+    due = _parked_run(engine, tenant_id, poll_in_s=0)
+    poller = _claim_job(engine, due)
+    assert poller is not None and (poller.attempt, poller.job) == (1, JOB)
+    assert _claim_job(engine, due) is None  # a poll is in flight
+
+
+def test_a_polled_job_is_recorded_once_as_the_attempt_it_belongs_to(
+    engine: Engine, tenant_id: str
+) -> None:
+    run_id = _parked_run(engine, tenant_id, poll_in_s=0)
+    poller = _claim_job(engine, run_id)
+    assert poller is not None
+    assert _record(engine, poller, Succeed({"images": []}, Usage(units=2)))
+    assert not _record(engine, poller, Succeed({"images": []}, Usage(units=2)))
+    assert (_count(engine, Attempt, run_id), _count(engine, UsageEvent, run_id)) == (1, 1)
+    with Session(engine) as session:
+        run = runs.get_run(session, tenant_id, run_id)
+        assert run is not None and (run.status, run.pending_job) == ("succeeded", None)
+    assert _claim_job(engine, run_id) is None
+
+
+def test_a_dead_pollers_job_is_polled_again_and_its_late_answer_records_nothing(
+    engine: Engine, tenant_id: str
+) -> None:
+    run_id = _parked_run(engine, tenant_id, poll_in_s=0)
+    dead = _claim_job(engine, run_id, lease_s=0.05)
+    assert dead is not None
+    time.sleep(0.1)
+    alive = _claim_job(engine, run_id)
+    assert alive is not None and alive.token != dead.token
+    with Session(engine) as session:
+        assert not lifecycle.park(session, dead, JOB, utcnow(), grace_s=30)
+    assert not _record(engine, dead, Succeed({}, Usage()))
+    assert _record(engine, alive, Succeed({}, Usage()))
+
+
+def test_an_overdue_poll_is_sent_again_by_one_sweep(engine: Engine, tenant_id: str) -> None:
+    overdue = _parked_run(engine, tenant_id, poll_in_s=-1, grace_s=0.05)
+    _parked_run(engine, tenant_id, poll_in_s=60)
+    assert _sweep_jobs(engine) == [(overdue, 0, "simulated")]
+    assert _sweep_jobs(engine) == []
+    assert _claim_job(engine, overdue) is not None  # the sweep made its poll due at once
+
+
+def test_a_canceled_parked_run_gives_up_its_job_once_and_is_never_polled(
+    engine: Engine, tenant_id: str
+) -> None:
+    run_id = _parked_run(engine, tenant_id, poll_in_s=0)
+    assert _cancel(engine, tenant_id, run_id, grace_s=0.05) == ("canceled", True)
+    assert _claim_job(engine, run_id) is None
+    time.sleep(0.1)
+    # The cancel's poll message was lost: the sweeper sends one.
+    assert _sweep_jobs(engine) == [(run_id, 0, "simulated")]
+    with Session(engine) as session:
+        dropped = lifecycle.drop_canceled_job(session, run_id)
+        assert lifecycle.drop_canceled_job(session, run_id) is None
+        session.commit()
+    assert dropped is not None
+    assert (dropped.tenant_id, dropped.hop.provider, dropped.job) == (tenant_id, "simulated", JOB)
+    assert _sweep_jobs(engine, grace_s=0) == []
+
+
+def test_a_run_canceled_while_its_job_was_submitted_cannot_park_it(
+    engine: Engine, tenant_id: str
+) -> None:
+    run_id = _new_run(engine, tenant_id)
+    claim = _claim(engine, run_id)
+    assert claim is not None and _cancel(engine, tenant_id, run_id) == ("canceled", True)
+    assert not _park(engine, claim, poll_in_s=2)
+    with Session(engine) as session:
+        assert lifecycle.drop_canceled_job(session, run_id) is None

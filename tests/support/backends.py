@@ -31,6 +31,7 @@ FAST = {
     "heartbeat_timeout_ms": 2000,
     "maintenance_chance": 200_000,
     "api_key_cache_s": 0.5,
+    "fal_first_poll_s": 0.3,
 }
 
 

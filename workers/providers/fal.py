@@ -68,6 +68,8 @@ class FalJob:
     response_url: str
     cancel_url: str
     polls: int = 0
+    #: The delay before the first poll (``settings.fal_first_poll_s``); later ones grow from it.
+    first_poll_s: float = FIRST_POLL_S
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -77,7 +79,7 @@ class FalJob:
         return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})
 
     def next_delay_s(self) -> float:
-        return min(MAX_POLL_S, FIRST_POLL_S * 1.5**self.polls)
+        return min(MAX_POLL_S, self.first_poll_s * 1.5**self.polls)
 
 
 class FalPending(Exception):
@@ -109,6 +111,7 @@ class FalAdapter(HttpAdapter):
             status_url=str(answer.get("status_url")),
             response_url=str(answer.get("response_url")),
             cancel_url=str(answer.get("cancel_url")),
+            first_poll_s=self.settings.fal_first_poll_s,
         )
         self._check_urls(job)
         raise FalPending(job, "IN_QUEUE", answer.get("queue_position"))
