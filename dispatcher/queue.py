@@ -41,7 +41,8 @@ def make_broker(
         namespace=settings.redis_namespace,
         heartbeat_timeout=settings.heartbeat_timeout_ms,
         maintenance_chance=settings.maintenance_chance,
-        # The queue never retries on its own: the fallback decision owns retries.
+        # The queue retries nothing unless an actor asks (workers.actors: store and Redis
+        # errors only); provider failures belong to the fallback decision.
         middleware=[Retries(max_retries=0), *(middleware or [])],
     )
 
