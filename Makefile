@@ -20,6 +20,9 @@ run: install ## Serve the product on embedded Redis and SQLite under ./var
 test: install ## The whole suite
 	$(BIN)/pytest $(PYTEST_ARGS)
 
+bench: install ## Measure speed, cost and scale against a direct call (a few minutes; var/bench/)
+	$(BIN)/python -m bench $(BENCH_ARGS)
+
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .

@@ -37,8 +37,12 @@ class DoorbellBroker(RedisBroker):
         return _DoorbellConsumer
 
     def do_enqueue(self, queue_name: str, message_id: str, encoded: bytes) -> Any:
-        """dramatiq's ``enqueue`` script and the ring, pipelined: one round trip."""
-        pipe = self.client.pipeline(transaction=False)
+        """dramatiq's ``enqueue`` script and the ring, pipelined: one round trip.
+
+        The script goes by ``EVALSHA`` itself: a redis-py ``Script`` in a pipeline would add a
+        ``SCRIPT EXISTS`` round trip to every call. A server that lost its scripts (restarted)
+        gets the script loaded once and the pipeline sent again.
+        """
         args = [
             "enqueue",
             current_millis(),
@@ -51,10 +55,19 @@ class DoorbellBroker(RedisBroker):
             message_id,
             encoded,
         ]
-        self.scripts["dispatch"](args=args, keys=[self.namespace], client=pipe)
-        pipe.lpush(self.bell(queue_name), 1)
-        pipe.ltrim(self.bell(queue_name), 0, BELL_DEPTH - 1)
-        return pipe.execute()[0]
+        script = self.scripts["dispatch"]
+        for attempt in (1, 2):
+            pipe = self.client.pipeline(transaction=False)
+            pipe.evalsha(script.sha, 1, self.namespace, *args)
+            pipe.lpush(self.bell(queue_name), 1)
+            pipe.ltrim(self.bell(queue_name), 0, BELL_DEPTH - 1)
+            try:
+                return pipe.execute()[0]
+            except redis.exceptions.NoScriptError:
+                if attempt == 2:
+                    raise
+                self.client.script_load(script.script)
+        return None
 
 
 class _DoorbellConsumer(_RedisConsumer):

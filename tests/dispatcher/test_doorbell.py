@@ -45,3 +45,10 @@ def test_a_delayed_message_rings_the_delay_queue(settings: Settings) -> None:
     broker = _broker(settings)
     enqueue_hop(broker, "run_d", 0, "simulated", delay_s=5)
     assert broker.client.llen(broker.bell(dramatiq.common.dq_name(queue_name("simulated")))) == 1
+
+
+def test_an_enqueue_survives_a_server_that_lost_its_scripts(settings: Settings) -> None:
+    broker = _broker(settings)
+    broker.client.script_flush()
+    enqueue_hop(broker, "run_after_flush", 0, "simulated")
+    assert broker.client.llen(f"{broker.namespace}:{queue_name('simulated')}") == 1

@@ -1,0 +1,102 @@
+"""``python -m bench [--quick] [--out var/bench]``: measure the dispatcher against a direct call.
+
+Starts embedded Redis, the fake provider, the API and worker pools under ``<out>/work``
+(a fresh SQLite store each time), drives every figure, prints a table, and writes
+``<out>/<timestamp>.json`` and ``<out>/latest.json``. ``--quick`` is the smoke run: the same
+figures from a tiny load in a few seconds, meaningless as speed.
+"""
+
+import argparse
+import os
+import platform
+import shutil
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from bench import report
+from bench.phases import Bench
+from bench.plan import FULL, QUICK, progress
+from bench.system import BenchSystem, Tuning, logged_errors, raise_open_files_limit
+from bench.target import choose
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="the smoke run: tiny load, seconds")
+    parser.add_argument("--out", type=Path, default=Path("var/bench"), help="where JSON goes")
+    parser.add_argument(
+        "--provider",
+        choices=["auto", "openai", "simulated"],
+        default="auto",
+        help="openai: through the fake over HTTP (auto picks it when this checkout has it)",
+    )
+    tuning = Tuning()
+    parser.add_argument("--workers", type=int, default=tuning.workers)
+    parser.add_argument("--worker-threads", type=int, default=tuning.worker_threads)
+    parser.add_argument("--max-in-flight", type=int, default=tuning.max_in_flight)
+    parser.add_argument("--worker-poll-ms", type=int, default=tuning.worker_poll_ms)
+    parser.add_argument("--store-threads", type=int, default=tuning.store_threads)
+    parser.add_argument("--log-level", default=tuning.log_level)
+    return parser.parse_args(argv)
+
+
+def machine() -> dict[str, Any]:
+    return {
+        "cpus": os.cpu_count(),
+        "load_average": [round(x, 2) for x in os.getloadavg()],
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    tuning = Tuning(
+        workers=args.workers,
+        worker_threads=args.worker_threads,
+        max_in_flight=args.max_in_flight,
+        worker_poll_ms=args.worker_poll_ms,
+        store_threads=args.store_threads,
+        log_level=args.log_level,
+    )
+    plan = QUICK if args.quick else FULL
+    target = choose(args.provider)
+    workdir = args.out / "work"
+    shutil.rmtree(workdir, ignore_errors=True)
+    open_files = raise_open_files_limit()
+    started, began = datetime.now(UTC), time.monotonic()
+    before = machine()
+    mode = "quick smoke run" if args.quick else "full run (a few minutes)"
+    print(f"bench: {mode}, runs of {target.app} via the {target.pool} pool", flush=True)
+    system = BenchSystem(workdir, target, tuning)
+    try:
+        progress("starting Redis, the fake provider and the API")
+        system.start()
+        figures = Bench(system, plan).run()
+    finally:
+        system.stop()
+    fast = f"{plan.fast_rate:g}rps"
+    document = {
+        "started_at": started.isoformat(),
+        "duration_s": round(time.monotonic() - began, 1),
+        "quick": args.quick,
+        "target": {"name": target.name, "app": target.app, "pool": target.pool},
+        "tuning": tuning.as_dict() | {"open_files_limit": open_files},
+        "plan": plan.as_dict(),
+        "machine": before | {"load_average_after": [round(x, 2) for x in os.getloadavg()]},
+        "figures": figures,
+        "logged_errors": logged_errors(workdir),
+        "early_exits": system.early_exits,
+        "targets": [goal.check(figures) for goal in report.goals(fast)],
+    }
+    path = report.write(document, args.out, started.strftime("%Y%m%dT%H%M%SZ"))
+    print(report.table(document))
+    print(f"\nwrote {path} and {args.out / 'latest.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
