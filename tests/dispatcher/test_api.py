@@ -217,5 +217,6 @@ def test_a_revoked_key_stops_working(api: TestClient, services: Services) -> Non
 
 def test_an_app_id_with_a_path_passes_validation(api: TestClient, auth: dict[str, str]) -> None:
     """fal app ids have a path (``fal-ai/flux/schnell``); with no fal route this is no_route."""
-    error = api.post("/v1/run", json={"app": "fal-ai/flux/schnell", "input": {}}, headers=auth).json()
+    body = {"app": "fal-ai/flux/schnell", "input": {}}
+    error = api.post("/v1/run", json=body, headers=auth).json()
     assert error["error"]["code"] == "no_route"
