@@ -4,7 +4,6 @@ The services get a catalog of the tests' own, so these tests do not depend on wh
 providers the shipped catalog lists.
 """
 
-from collections.abc import Iterator
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -13,17 +12,16 @@ from fastapi.testclient import TestClient
 from pydantic import SecretStr
 from sqlmodel import Session, func, select
 
-from dispatcher.api.app import create_app
 from dispatcher.catalog import Catalog
 from dispatcher.cooldowns import Cooldowns
 from dispatcher.db import utcnow
 from dispatcher.models import RoutingVersion, Run
-from dispatcher.services import Services, build_services
-from dispatcher.settings import Settings
-from dispatcher.store import lifecycle, tenants
+from dispatcher.services import Services
+from dispatcher.store import lifecycle
 from dispatcher.store.credentials import mark_unhealthy, put_credential
 from schemas.credentials import AnthropicCredential, OpenAICredential
 from schemas.hops import Hop
+from tests.dispatcher.conftest import new_tenant
 
 CATALOG = Catalog(
     providers=frozenset({"simulated", "openai", "anthropic"}),
@@ -53,31 +51,16 @@ GPT = {"app": "openai/gpt-4o", "input": {"prompt": "hi"}}
 
 
 @pytest.fixture
-def services(settings: Settings) -> Iterator[Services]:
-    built = build_services(settings, str(settings.redis_url))
-    built.catalog = CATALOG
-    yield built
-    built.close()
-
-
-@pytest.fixture
-def api(services: Services) -> Iterator[TestClient]:
-    with TestClient(create_app(services)) as client:
-        yield client
-
-
-def _tenant(services: Services, name: str) -> tuple[str, dict[str, str]]:
-    with Session(services.engine) as session:
-        tenant_id = tenants.create_tenant(session, name).id
-        key = tenants.create_api_key(session, tenant_id)
-        session.commit()
-    return tenant_id, {"Authorization": f"Bearer {key}"}
+def services(services: Services) -> Services:
+    """The in-process API's services, with this module's catalog."""
+    services.catalog = CATALOG
+    return services
 
 
 @pytest.fixture
 def tenant(services: Services) -> tuple[str, dict[str, str]]:
     """A tenant with an OpenAI credential ``oa`` and an Anthropic one ``ant``."""
-    tenant_id, auth = _tenant(services, "acme")
+    tenant_id, auth = new_tenant(services, "acme")
     with Session(services.engine) as session:
         put_credential(
             session, services.keyring, tenant_id, "oa", OpenAICredential(api_key=SecretStr("sk-t"))
@@ -143,7 +126,7 @@ def test_another_tenants_config_is_not_seen(
     api: TestClient, auth: dict[str, str], services: Services
 ) -> None:
     api.put("/v1/routing", json=CONFIG, headers=auth)
-    _, other = _tenant(services, "globex")
+    _, other = new_tenant(services, "globex")
     assert api.get("/v1/routing", headers=other).json()["version"] is None
 
 
@@ -387,7 +370,7 @@ def test_explain_leaves_out_a_cooling_hop_saying_until_when(
     assert utcnow() + timedelta(seconds=25) < until <= utcnow() + timedelta(seconds=30)
     assert cooling["reason"] == f"cooling down until {until.isoformat()}"
     # The cooldown is this tenant's: another tenant's credential of the same name is not cooling.
-    other_id, other = _tenant(services, "globex")
+    other_id, other = new_tenant(services, "globex")
     with Session(services.engine) as session:
         key = OpenAICredential(api_key=SecretStr("sk-o"))
         put_credential(session, services.keyring, other_id, "oa", key)
