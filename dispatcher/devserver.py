@@ -1,9 +1,10 @@
 """``dispatcher dev`` (what ``make run`` starts): everything on one machine.
 
 Embedded Redis unless ``REDIS_URL`` is set, SQLite under ``var/`` unless ``DATABASE_URL``
-is set, the API, one worker pool process per provider in ``settings.pools``, the webhook
-delivery pool, and a development tenant whose key is printed and written to
-``var/dev-api-key``. Ctrl-C stops every process it started.
+is set, the API, the worker pool processes of ``settings.pools`` (the simulated shared
+compute, and every tenant-key provider in one more process), the webhook delivery pool, and
+a development tenant whose key is printed and written to ``var/dev-api-key``. Ctrl-C stops
+every process it started.
 """
 
 import os
@@ -32,7 +33,7 @@ def run_dev(settings: Settings) -> int:
     engine.dispose()
     env = os.environ | {"REDIS_URL": redis_url, "DATABASE_URL": settings.resolved_database_url}
     children = [_spawn(["dispatcher", "serve"], env)]
-    children += [_spawn(["workers", provider], env) for provider in settings.pools]
+    children += [_spawn(["workers", *pool.split(",")], env) for pool in settings.pools]
     children.append(_spawn(["workers", "--webhooks"], env))
     _banner(settings, key)
     try:

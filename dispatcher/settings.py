@@ -32,8 +32,10 @@ class Settings(BaseSettings):
 
     #: Prefix of every Redis key the dispatcher and its queues write.
     redis_namespace: str = "dispatcher"
-    #: Provider pools `dispatcher dev` starts, and the providers that have shared compute.
-    pools: list[str] = ["simulated"]
+    #: The worker processes `dispatcher dev` starts: each entry is one process, consuming the
+    #: queue of one provider or of several joined by commas (an idle pool costs next to nothing).
+    pools: list[str] = ["simulated", "openai,azure_openai,anthropic,gemini,vertex,bedrock,fal"]
+    #: Providers whose shared compute serves ``shared`` hops.
     shared_providers: list[str] = ["simulated"]
 
     #: Hosts a tenant-supplied endpoint (OpenAI ``base_url``, Azure ``endpoint``) may name;
