@@ -20,12 +20,12 @@ from workers.providers.http import (
     credential_as,
     dig,
     error_from,
-    int_at,
     joined_text,
     json_body,
     request_json,
     system_and_turns,
     text_of,
+    usage_with_cache,
 )
 
 DEFAULT_BASE = "https://api.anthropic.com"
@@ -88,14 +88,12 @@ def _result(body: dict[str, Any], model: str) -> InferenceResult:
 
 
 def _usage(usage: Any) -> Usage:
-    cache_read = int_at(usage, "cache_read_input_tokens")
-    cache_write = int_at(usage, "cache_creation_input_tokens")
-    return Usage(
-        input_tokens=int_at(usage, "input_tokens") + cache_read + cache_write,
-        output_tokens=int_at(usage, "output_tokens"),
-        cached_input_tokens=cache_read,
-        cache_write_tokens=cache_write,
-        raw=usage if isinstance(usage, dict) else None,
+    return usage_with_cache(
+        usage,
+        "input_tokens",
+        "output_tokens",
+        "cache_read_input_tokens",
+        "cache_creation_input_tokens",
     )
 
 

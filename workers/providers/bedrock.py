@@ -39,11 +39,11 @@ from workers.providers.http import (
     credential_as,
     dig,
     error_from,
-    int_at,
     json_body,
     request_json,
     system_and_turns,
     text_of,
+    usage_with_cache,
 )
 
 SIGNING_NAME = "bedrock"
@@ -165,14 +165,8 @@ def converse_result(body: dict[str, Any], model: str) -> InferenceResult:
 
 
 def usage_from(usage: Any) -> Usage:
-    cache_read = int_at(usage, "cacheReadInputTokens")
-    cache_write = int_at(usage, "cacheWriteInputTokens")
-    return Usage(
-        input_tokens=int_at(usage, "inputTokens") + cache_read + cache_write,
-        output_tokens=int_at(usage, "outputTokens"),
-        cached_input_tokens=cache_read,
-        cache_write_tokens=cache_write,
-        raw=usage if isinstance(usage, dict) else None,
+    return usage_with_cache(
+        usage, "inputTokens", "outputTokens", "cacheReadInputTokens", "cacheWriteInputTokens"
     )
 
 

@@ -59,7 +59,7 @@ from pydantic import BaseModel, ValidationError
 from dispatcher.hosts import url_allowed
 from dispatcher.settings import Settings
 from schemas.errors import ErrorClass
-from schemas.inference import ChatInput, ChatMessage, InferenceRequest
+from schemas.inference import ChatInput, ChatMessage, InferenceRequest, Usage
 from workers.providers.errors import ProviderError, parse_retry_after
 
 #: A worker process holds ``max_in_flight`` (1000+) calls at once: never queue them on the pool.
@@ -321,3 +321,18 @@ def text_of(content: Any) -> str:
     if isinstance(content, list):
         return joined_text(content)
     return "" if content is None else str(content)
+
+
+def usage_with_cache(
+    usage: Any, input: str, output: str, cache_read: str, cache_write: str
+) -> Usage:
+    """Usage of providers that count cache reads and writes apart from input tokens (Anthropic,
+    Bedrock): normalized input includes both, as providers.md's table says."""
+    read, written = int_at(usage, cache_read), int_at(usage, cache_write)
+    return Usage(
+        input_tokens=int_at(usage, input) + read + written,
+        output_tokens=int_at(usage, output),
+        cached_input_tokens=read,
+        cache_write_tokens=written,
+        raw=usage if isinstance(usage, dict) else None,
+    )
