@@ -4,12 +4,23 @@ from collections.abc import Iterator
 
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import Engine
 from sqlmodel import Session
 
 from dispatcher.api.app import create_app
+from dispatcher.db import init_db, make_engine
 from dispatcher.services import Services, build_services
 from dispatcher.settings import Settings
 from dispatcher.store import tenants
+
+
+@pytest.fixture
+def engine(database_url: str) -> Iterator[Engine]:
+    """The store on SQLite (and Postgres when configured), tables created."""
+    engine = make_engine(database_url)
+    init_db(engine)
+    yield engine
+    engine.dispose()
 
 
 @pytest.fixture

@@ -12,7 +12,6 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select, update
 
-from dispatcher.db import init_db, make_engine
 from dispatcher.ids import new_id
 from dispatcher.models import Credential, DataKey
 from dispatcher.store.credentials import (
@@ -33,14 +32,6 @@ KEK1, KEK2 = os.urandom(32), os.urandom(32)
 KEYRING = Keyring({"kek1": KEK1}, active="kek1")
 OPENAI = OpenAICredential(api_key=SecretStr("sk-first-0123456789abcd1111"))
 ANTHROPIC = AnthropicCredential(api_key=SecretStr("sk-ant-0123456789abcdef2222"))
-
-
-@pytest.fixture
-def engine(database_url: str) -> Iterator[Engine]:
-    engine = make_engine(database_url)
-    init_db(engine)
-    yield engine
-    engine.dispose()
 
 
 @pytest.fixture

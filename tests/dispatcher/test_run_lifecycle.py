@@ -1,14 +1,13 @@
 """The run state machine in the store, on SQLite and (when configured) Postgres."""
 
 import time
-from collections.abc import Iterator
 from datetime import timedelta
 
 import pytest
 from sqlalchemy import Engine
 from sqlmodel import Session, col, func, select
 
-from dispatcher.db import init_db, make_engine, utcnow
+from dispatcher.db import utcnow
 from dispatcher.models import Attempt, UsageEvent
 from dispatcher.store import lifecycle, runs, tenants
 from dispatcher.store.lifecycle import Claim, Fail, NextHop, Succeed
@@ -19,14 +18,6 @@ CHAIN = [
     Hop(provider="simulated", model="echo"),
     Hop(provider="openai", model="gpt", credential="byok:k"),
 ]
-
-
-@pytest.fixture
-def engine(database_url: str) -> Iterator[Engine]:
-    engine = make_engine(database_url)
-    init_db(engine)
-    yield engine
-    engine.dispose()
 
 
 @pytest.fixture
