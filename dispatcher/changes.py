@@ -124,7 +124,7 @@ class ChangeListener:
             self._stop.wait(RECONNECT_S)
 
     def _listen(self) -> None:
-        pubsub = self.client.pubsub(ignore_subscribe_messages=False)
+        pubsub = self.client.pubsub(ignore_subscribe_messages=False)  # type: ignore[no-untyped-call]
         try:
             pubsub.subscribe(self.channel)
             while not self._stop.is_set():
