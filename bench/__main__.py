@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import report
-from bench.phases import Bench
+from bench.phases import PHASES, Bench
 from bench.plan import FULL, QUICK, progress
 from bench.system import BenchSystem, Tuning, logged_errors, raise_open_files_limit
 from bench.target import choose
@@ -26,6 +26,13 @@ from bench.target import choose
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="the smoke run: tiny load, seconds")
+    parser.add_argument(
+        "--only",
+        type=_phases,
+        default=PHASES,
+        help=f"comma-separated figures to drive, of {', '.join(sorted(PHASES))} (memory: always;"
+        " a partial run does not replace latest.json)",
+    )
     parser.add_argument("--out", type=Path, default=Path("var/bench"), help="where JSON goes")
     parser.add_argument(
         "--provider",
@@ -41,6 +48,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--store-threads", type=int, default=tuning.store_threads)
     parser.add_argument("--log-level", default=tuning.log_level)
     return parser.parse_args(argv)
+
+
+def _phases(text: str) -> frozenset[str]:
+    chosen = frozenset(part.strip() for part in text.split(",") if part.strip())
+    if not chosen or chosen - PHASES:
+        raise argparse.ArgumentTypeError(f"choose from {', '.join(sorted(PHASES))}")
+    return chosen
 
 
 def machine() -> dict[str, Any]:
@@ -75,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         progress("starting Redis, the fake provider and the API")
         system.start()
-        figures = Bench(system, plan).run()
+        figures = Bench(system, plan).run(args.only)
     finally:
         system.stop()
     fast = f"{plan.fast_rate:g}rps"
@@ -83,6 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         "started_at": started.isoformat(),
         "duration_s": round(time.monotonic() - began, 1),
         "quick": args.quick,
+        "only": sorted(args.only),
         "target": {"name": target.name, "app": target.app, "pool": target.pool},
         "tuning": tuning.as_dict() | {"open_files_limit": open_files},
         "plan": plan.as_dict(),
@@ -92,9 +107,11 @@ def main(argv: list[str] | None = None) -> int:
         "early_exits": system.early_exits,
         "targets": [goal.check(figures) for goal in report.goals(fast)],
     }
-    path = report.write(document, args.out, started.strftime("%Y%m%dT%H%M%SZ"))
+    whole = args.only == PHASES
+    stamp = started.strftime("%Y%m%dT%H%M%SZ") + ("" if whole else "-partial")
+    path = report.write(document, args.out, stamp, latest=whole)
     print(report.table(document))
-    print(f"\nwrote {path} and {args.out / 'latest.json'}")
+    print(f"\nwrote {path}" + (f" and {args.out / 'latest.json'}" if whole else ""))
     return 0
 
 

@@ -7,9 +7,7 @@ its ``result`` as JSON on stdout. It runs in its own process, on uvloop, over ``
   in flight), latency timed from the request's scheduled time, so a stall is not hidden.
 
 Requests that start in the first ``warmup_s`` are sent but not counted. With ``keep_samples``
-every counted request is returned as ``[wall-clock send time, latency ms, status, run id]``;
-with ``poll_ms`` each answered ``POST /v1/run`` is then polled at ``GET /v1/runs/{id}`` every
-``poll_ms`` until the run is terminal, and ``seen_ms`` is submit -> terminal as polled.
+every counted request is returned as ``[wall-clock send time, latency ms, status, run id]``.
 """
 
 import asyncio
@@ -41,7 +39,6 @@ class Spec:
     warmup_s: float = 1.0
     count: int | None = None
     keep_samples: bool = False
-    poll_ms: float | None = None
 
 
 @dataclass
@@ -50,7 +47,6 @@ class Sample:
     end: float
     status: int
     run_id: str | None = None
-    seen: float | None = None  # monotonic, when a poll first saw the run terminal
 
 
 class Recorder:
@@ -72,7 +68,7 @@ class Recorder:
         return now < self.t0 + self.spec.duration_s
 
     async def one(self, connection: Connection | Pool, due: float) -> bool:
-        """Send one request (and poll its run); False when the connection failed."""
+        """Send one request; False when the connection failed."""
         self.sent += 1
         try:
             status, body = await connection.send(self.request)
@@ -80,28 +76,11 @@ class Recorder:
             if self.spec.keep_samples and status < 300:
                 sample.run_id = orjson.loads(body).get("id")
             self.samples.append(sample)
-            if self.spec.poll_ms is not None and sample.run_id is not None:
-                sample.seen = await self.poll(connection, sample.run_id)
         except (HttpError, OSError) as exc:
             name = type(exc).__name__
             self.failures[name] = self.failures.get(name, 0) + 1
             return False
         return True
-
-    async def poll(self, connection: Connection | Pool, run_id: str) -> float:
-        get = build_request(
-            self.endpoint, "GET", f"/v1/runs/{run_id}", {"Authorization": self._auth()}
-        )
-        assert self.spec.poll_ms is not None
-        while True:
-            status, body = await connection.send(get)
-            now = time.monotonic()
-            if status == 200 and orjson.loads(body)["status"] in TERMINAL:
-                return now
-            await asyncio.sleep(self.spec.poll_ms / 1000)
-
-    def _auth(self) -> str:
-        return next(v for k, v in self.spec.headers.items() if k.lower() == "authorization")
 
 
 async def closed_loop(recorder: Recorder) -> None:
@@ -158,8 +137,6 @@ def result(recorder: Recorder, finished: float) -> dict[str, Any]:
         "generator_cpu_share": round((time.process_time() - recorder.cpu0) / elapsed, 3),
         "elapsed_s": round(elapsed, 3),
     }
-    if spec.poll_ms is not None:
-        out["seen_ms"] = summary([(s.seen - s.start) * 1000 for s in ok if s.seen is not None])
     if spec.keep_samples:
         wall = recorder.wall0 - recorder.t0
         out["samples"] = [

@@ -20,6 +20,10 @@ LOADGEN = "1 load-generator process: asyncio on uvloop, raw HTTP/1.1 keep-alive 
 Figure = dict[str, Any]
 
 
+#: The figures ``run`` can drive, in the order it drives them.
+PHASES = frozenset({"submission", "end_to_end", "added_latency", "in_flight"})
+
+
 class Bench:
     def __init__(self, system: BenchSystem, plan: Plan) -> None:
         self.system = system
@@ -56,23 +60,36 @@ class Bench:
 
     # -- the run -----------------------------------------------------------------------------
 
-    def run(self) -> dict[str, Figure]:
+    def run(self, only: frozenset[str] = PHASES) -> dict[str, Figure]:
+        """Every figure, or those named in ``only`` (memory comes with any of them)."""
         figures: dict[str, Figure] = {}
         progress(f"API pid {self.system.api.pid if self.system.api else '-'} (for py-spy)")
-        figures["submission"] = {f"c{c}": self.submission(c) for c in (32, 128)}
-        progress(f"starting {self.tuning.workers} worker pools")
-        self.system.start_workers(self.tuning.workers)
-        self.system.wait_workers_ready()
-        progress(f"  worker pids {[p.pid for p in self.system.workers.values()]}")
-        latencies = self.plan.e2e_latencies_ms
-        figures["end_to_end"] = {f"{ms:g}ms": self.end_to_end(ms) for ms in latencies}
-        figures["added_latency"] = {
-            f"{self.plan.slow_rate:g}rps": self.added_latency(self.plan.slow_rate, poll=True),
-            f"{self.plan.fast_rate:g}rps": self.added_latency(self.plan.fast_rate, poll=False),
-        }
-        pool_rss = self.system.stop_workers()
-        figures["in_flight"] = self.in_flight()
-        figures["memory"] = self.memory(pool_rss, figures["in_flight"].pop("worker_rss_mib"))
+        if "submission" in only:
+            figures["submission"] = {f"c{c}": self.submission(c) for c in (32, 128)}
+        pool_rss: dict[str, float | None] = {}
+        if only & {"end_to_end", "added_latency"}:
+            progress(f"starting {self.tuning.workers} worker pools")
+            self.system.start_workers(self.tuning.workers)
+            self.system.wait_workers_ready()
+            progress(f"  worker pids {[p.pid for p in self.system.workers.values()]}")
+        if "end_to_end" in only:
+            latencies = self.plan.e2e_latencies_ms
+            figures["end_to_end"] = {f"{ms:g}ms": self.end_to_end(ms) for ms in latencies}
+        if "added_latency" in only:
+            figures["added_latency"] = {
+                f"{rate:g}rps": self.added_latency(rate, duration)
+                for rate, duration in (
+                    (self.plan.slow_rate, self.plan.slow_s),
+                    (self.plan.fast_rate, self.plan.fast_s),
+                )
+            }
+        if self.system.workers:
+            pool_rss = self.system.stop_workers()
+        lone_rss = None
+        if "in_flight" in only:
+            figures["in_flight"] = self.in_flight()
+            lone_rss = figures["in_flight"].pop("worker_rss_mib")
+        figures["memory"] = self.memory(pool_rss, lone_rss)
         return figures
 
     # -- 1. submission -----------------------------------------------------------------------
@@ -202,33 +219,30 @@ class Bench:
 
     # -- 3. added latency --------------------------------------------------------------------
 
-    def added_latency(self, rate: float, poll: bool) -> Figure:
+    def added_latency(self, rate: float, duration: float) -> Figure:
+        """Clients that submit with ``Prefer: wait`` and are answered once their run is over."""
         progress(f"added latency at {rate:g} runs/s")
         provider_ms = self.plan.added_latency_ms
-        duration = self.plan.slow_s if poll else self.plan.fast_s
         since = time.time()
+        waiting = {"Authorization": f"Bearer {self.system.api_key}", "Prefer": "wait=60"}
         api = self.via_api(
-            provider_ms,
-            mode="open",
-            rate=rate,
-            duration_s=duration,
-            keep_samples=True,
-            poll_ms=self.plan.poll_ms if poll else None,
-        )
+            provider_ms, mode="open", rate=rate, duration_s=duration, keep_samples=True,
+            headers=waiting,
+        )  # fmt: skip
         left = self._wait_finished(since, provider_ms)
         stored = {r.id: r for r in runs.runs_since(self.system.engine, since)}
-        submitted = [(wall, stored[run_id]) for wall, _, _, run_id in api["samples"] if run_id]
-        client_to_store = [(r.finished - wall) * 1000 for wall, r in submitted if r.finished]
+        answered = [(wall, ms, stored.get(run_id)) for wall, ms, status, run_id in api["samples"]
+                    if status == 200 and run_id]  # fmt: skip
         direct = self.direct(provider_ms, mode="open", rate=rate, duration_s=duration)
-        added = shifted(summary(client_to_store), -provider_ms)
+        added = shifted(summary([ms for _, ms, _ in answered]), -provider_ms)
+        in_store = [(r.finished - wall) * 1000 for wall, _, r in answered if r and r.finished]
         direct_added = shifted(direct["latency_ms"], -provider_ms)
-        figure: Figure = {
-            "how": self._added_how(rate, duration, poll),
+        return {
+            "how": self._added_how(rate, duration),
             "added_ms": added,
-            "stored_added_ms": shifted(
-                summary([(r.finished - r.created) * 1000 for _, r in submitted if r.finished]),
-                -provider_ms,
-            ),
+            "store_added_ms": shifted(summary(in_store), -provider_ms),
+            "answered_over": len(answered),
+            "answered_not_over": sum(1 for sample in api["samples"] if sample[2] == 202),
             "errors": errors(api),
             "unfinished": left,
             "direct": {"added_ms": direct_added, "latency_ms": direct["latency_ms"]},
@@ -240,30 +254,20 @@ class Bench:
                 q: round(added[q] - direct_added[q], 3) for q in ("p50", "p99") if q in added
             },
         }
-        if poll:
-            figure["polled_added_ms"] = shifted(api["seen_ms"], -provider_ms)
-        return figure
 
-    def _added_how(self, rate: float, duration: float, poll: bool) -> str:
+    def _added_how(self, rate: float, duration: float) -> str:
         provider_ms = self.plan.added_latency_ms
-        how = (
+        return (
             f"open loop: {rate:g} runs/s for {duration:g} s (first {self.plan.warmup_s:g} s "
-            f"not counted), provider latency {provider_ms:g} ms; {LOADGEN}; "
-            f"{self.tuning.workers} worker processes and 1 API process. added_ms: from the "
-            "client's scheduled send time (its wall clock) to the run's finished_at in the "
-            "store (the worker's wall clock, same host; microsecond timestamps), minus the "
-            f"provider's {provider_ms:g} ms; there is no wait mode yet, so this is the moment a "
-            "waiting client could first be told. stored_added_ms: finished_at - created_at "
-            "(both in the store). Direct: the same open loop straight to the fake; its "
-            f"added_ms is its latency minus {provider_ms:g} ms."
+            f"not counted), provider latency {provider_ms:g} ms; {LOADGEN}, a connection per "
+            f"request in flight; {self.tuning.workers} worker processes and 1 API process. "
+            "Each client submits with 'Prefer: wait=60' and is answered 200 once its run is "
+            "over. added_ms: from the request's scheduled send time to that answer, minus the "
+            f"provider's {provider_ms:g} ms, over the answers that were 200 (answered_over; a "
+            "202 would mean the wait ran out). store_added_ms: scheduled send time to the run's "
+            "finished_at in the store (same host clock). Direct: the same open loop straight "
+            f"to the fake; its added_ms is its latency minus {provider_ms:g} ms."
         )
-        if poll:
-            how += (
-                f" polled_added_ms: the client polling GET /v1/runs/{{id}} every "
-                f"{self.plan.poll_ms:g} ms until the run is terminal (resolution: the poll "
-                "interval plus one GET), minus the provider latency."
-            )
-        return how
 
     # -- 4. calls in flight ------------------------------------------------------------------
 

@@ -27,7 +27,6 @@ class Plan:
     fast_rate: float = 200.0
     fast_s: float = 10.0
     added_latency_ms: float = 50.0
-    poll_ms: float = 1.0
     #: Runs queued before the lone pool starts (None: twice its ``max_in_flight``).
     backlog: int | None = None
     drain_timeout_s: float = 300.0

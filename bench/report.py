@@ -60,13 +60,14 @@ def goals(fast_rate: str) -> list[Goal]:
     ]  # fmt: skip
 
 
-def write(document: dict[str, Any], out_dir: Path, stamp: str) -> Path:
-    """``<out_dir>/<stamp>.json`` and ``latest.json``; the first one's path."""
+def write(document: dict[str, Any], out_dir: Path, stamp: str, *, latest: bool = True) -> Path:
+    """``<out_dir>/<stamp>.json`` and (if ``latest``) ``latest.json``; the first one's path."""
     out_dir.mkdir(parents=True, exist_ok=True)
     text = json.dumps(document, indent=2, sort_keys=False) + "\n"
     path = out_dir / f"{stamp}.json"
     path.write_text(text)
-    (out_dir / "latest.json").write_text(text)
+    if latest:
+        (out_dir / "latest.json").write_text(text)
     return path
 
 
@@ -87,13 +88,14 @@ Row = tuple[str, str, str, str]
 
 def rows(figures: Figures) -> list[Row]:
     """(figure, measured, direct, ratio) for the table."""
-    return [
-        *_submission_rows(figures["submission"]),
-        *_end_to_end_rows(figures["end_to_end"]),
-        *_in_flight_rows(figures["in_flight"]),
-        *_added_rows(figures["added_latency"]),
-        *_memory_rows(figures["memory"]),
+    sections: list[tuple[str, Callable[[Figures], list[Row]]]] = [
+        ("submission", _submission_rows),
+        ("end_to_end", _end_to_end_rows),
+        ("in_flight", _in_flight_rows),
+        ("added_latency", _added_rows),
+        ("memory", _memory_rows),
     ]
+    return [row for name, build in sections if name in figures for row in build(figures[name])]
 
 
 def _submission_rows(figures: Figures) -> list[Row]:
@@ -148,8 +150,8 @@ def _added_rows(figures: Figures) -> list[Row]:
             (f"added p50 / p99 ms at {key}", _pair(fig["added_ms"]), direct,
              _num(fig["ratio"]["total_p99"]))
         )  # fmt: skip
-        if "polled_added_ms" in fig:
-            out.append((f"  as polled every 1 ms, {key}", _pair(fig["polled_added_ms"]), "-", "-"))
+        out.append((f"  client send -> finished_at in the store, {key}",
+                    _pair(fig["store_added_ms"]), "-", "-"))  # fmt: skip
     return out
 
 
@@ -158,7 +160,8 @@ def _memory_rows(memory: Figures) -> list[Row]:
     ready = memory.get("ready_mib", {})
     sizes = {"api": memory["api_mib"]} | memory["worker_mib"]
     rows = [(name, size, ready.get(name)) for name, size in sizes.items()]
-    rows.append(("in-flight worker", memory["in_flight_worker_mib"], None))
+    if memory["in_flight_worker_mib"] is not None:
+        rows.append(("in-flight worker", memory["in_flight_worker_mib"], None))
     return [
         (f"peak RSS MiB (at start): {name}", f"{_num(size)} ({_num(start)})", "-", "-")
         for name, size, start in rows

@@ -13,6 +13,9 @@ from typing import Any
 
 import pytest
 
+from bench.__main__ import parse_args
+from bench.phases import PHASES
+
 REPO = Path(__file__).resolve().parents[2]
 BASELINED = ["submission", "end_to_end", "added_latency", "in_flight"]
 
@@ -85,6 +88,7 @@ def test_the_runs_it_drove_all_succeeded(document: dict[str, Any]) -> None:
     for name, figure in figures["added_latency"].items():
         assert figure["errors"] == 0, (name, seen)
         assert figure["added_ms"]["n"] > 0, (name, seen)
+        assert figure["answered_not_over"] == 0, (name, seen)  # every waiting client got its run
     in_flight = figures["in_flight"]
     backlog = document["plan"]["backlog"]
     assert (in_flight["runs"], in_flight["succeeded"]) == (backlog, backlog), seen
@@ -100,3 +104,10 @@ def test_it_records_settings_memory_and_every_target(document: dict[str, Any]) -
     assert all(size and size > 0 for size in memory["worker_mib"].values()), memory
     assert len(document["targets"]) == 8
     assert [goal for goal in document["targets"] if goal["measured"] is None] == []
+
+
+def test_only_names_the_figures_to_drive() -> None:
+    assert parse_args([]).only == PHASES
+    assert parse_args(["--only", "submission, in_flight"]).only == {"submission", "in_flight"}
+    with pytest.raises(SystemExit):
+        parse_args(["--only", "submission,speed"])
