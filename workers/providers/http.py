@@ -27,9 +27,10 @@ Failures, translated here once::
 Public names:
 
 - ``HttpAdapter(settings)``: base class holding ``settings`` and ``client``; ``aclose()``.
-- ``new_client(**options)``: one pooled ``httpx.AsyncClient`` (no connection cap, no retries,
-  no redirects, no proxies or CA files from the environment: ``Settings`` is the one place that
-  reads it); options (``verify=``, ``transport=``, ...) go to ``httpx.AsyncClient``.
+- ``new_client(**options)``: one ``httpx.AsyncClient`` over ``AiohttpTransport`` (no connection
+  cap, no retries, no redirects, no proxies or CA files from the environment: ``Settings`` is
+  the one place that reads it); ``verify=`` (an ``ssl.SSLContext``) goes to the transport,
+  ``transport=`` replaces it, other options go to ``httpx.AsyncClient``.
 - ``tls_context()``: the process's shared default TLS context.
 - ``request_json(client, method, url, ...)``: send one call, return its JSON object.
 - ``transport_errors(secrets)``: context manager translating httpx exceptions.
@@ -50,6 +51,7 @@ import ssl
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from functools import cache
+from http.cookiejar import CookieJar, DefaultCookiePolicy
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -60,10 +62,11 @@ from dispatcher.hosts import url_allowed
 from dispatcher.settings import Settings
 from schemas.errors import ErrorClass
 from schemas.inference import ChatInput, ChatMessage, InferenceRequest, Usage
+from workers.providers.aiohttp_transport import AiohttpTransport
 from workers.providers.errors import ProviderError, parse_retry_after
 
-#: A worker process holds ``max_in_flight`` (1000+) calls at once: never queue them on the pool.
-LIMITS = httpx.Limits(max_connections=None, max_keepalive_connections=2000, keepalive_expiry=30.0)
+#: How long an idle provider connection is kept for the next call.
+KEEPALIVE_S = 30.0
 ErrorMapper = Callable[[httpx.Response], ProviderError]
 Model = TypeVar("Model", bound=BaseModel)
 
@@ -85,15 +88,25 @@ class HttpAdapter:
 
 
 def new_client(**options: Any) -> httpx.AsyncClient:
-    """The one client of an adapter. httpx's transport retries are 0: the queue owns retries."""
+    """The one client of an adapter. A worker process holds ``max_in_flight`` (1000+) calls at
+    once through it, so its transport has no connection cap and costs the same per call however
+    many are open (``AiohttpTransport``: httpx's own pool scans them all on every call)."""
+    verify: ssl.SSLContext = options.pop("verify", None) or tls_context()
+    if "transport" not in options:
+        options["transport"] = AiohttpTransport(verify=verify, keepalive_s=KEEPALIVE_S)
     defaults: dict[str, Any] = {
-        "verify": tls_context(),
-        "limits": LIMITS,
         "timeout": httpx.Timeout(60.0),
         "follow_redirects": False,
         "trust_env": False,
+        "cookies": no_cookies(),
     }
     return httpx.AsyncClient(**(defaults | options))
+
+
+def no_cookies() -> CookieJar:
+    """A jar that keeps nothing: one client serves every tenant, so a cookie a provider set on
+    one tenant's call must never ride along on another's."""
+    return CookieJar(policy=DefaultCookiePolicy(allowed_domains=[]))
 
 
 @cache

@@ -34,7 +34,7 @@ from workers.providers.http import (
 )
 
 SECRET = "sk-live-0123456789abcdef"
-CONCURRENT = 120  # more than httpx's default pool of 100 connections
+CONCURRENT = 120  # more than the default pools of httpx and aiohttp (100 connections each)
 
 
 class Barrier:
