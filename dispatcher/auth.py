@@ -16,16 +16,21 @@ class KeyCache:
         self.ttl_s = ttl_s
         self._known: dict[str, tuple[str, float]] = {}
 
+    def cached(self, key: str) -> str | None:
+        """The key's tenant if the cache holds it; never reads the store (safe on an event loop)."""
+        hit = self._known.get(hash_key(key))
+        return hit[0] if hit is not None and hit[1] > time.monotonic() else None
+
     def tenant(self, key: str) -> str | None:
+        """The key's tenant, read from the store unless cached (blocks: use a thread)."""
+        tenant_id = self.cached(key)
+        if tenant_id is not None:
+            return tenant_id
         digest = hash_key(key)
-        hit = self._known.get(digest)
-        now = time.monotonic()
-        if hit is not None and hit[1] > now:
-            return hit[0]
         with Session(self.engine) as session:
             tenant_id = tenant_for_key(session, key)
         if tenant_id is None:
             self._known.pop(digest, None)
             return None
-        self._known[digest] = (tenant_id, now + self.ttl_s)
+        self._known[digest] = (tenant_id, time.monotonic() + self.ttl_s)
         return tenant_id

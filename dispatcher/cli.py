@@ -5,17 +5,21 @@ module name (``python -m workers``), never by importing them.
 """
 
 import asyncio
+import contextlib
+import ctypes
 import json
 import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
-import httpx
 
 from dispatcher.settings import Settings
+
+if TYPE_CHECKING:  # the API's process never needs an HTTP client: imported where used
+    import httpx
 
 
 @click.group()
@@ -28,6 +32,7 @@ def main() -> None:
 @click.option("--port", type=int, default=None, help="port (default: PORT or 8000)")
 def serve(host: str | None, port: int | None) -> None:
     """Serve the HTTP API."""
+    _limit_malloc_arenas()
     import uvicorn
 
     from dispatcher import log
@@ -38,7 +43,28 @@ def serve(host: str | None, port: int | None) -> None:
     log.configure(settings.resolved_log_format, settings.log_level)
     _check_vault_key(settings)
     app = create_app(build_services(settings, settings.locate_redis()))
-    uvicorn.run(app, host=host or settings.host, port=port or settings.port, log_config=None)
+    uvicorn.run(
+        app,
+        host=host or settings.host,
+        port=port or settings.port,
+        log_config=None,
+        # Its lines are dropped anyway (dispatcher.log holds uvicorn.access at WARNING).
+        access_log=False,
+        # Beyond this many open connections (or requests in hand) the API answers 503 at
+        # once instead of growing without bound.
+        limit_concurrency=settings.api_max_connections,
+    )
+
+
+#: glibc's ``mallopt`` parameter for the most malloc arenas a process makes.
+_M_ARENA_MAX = -8
+
+
+def _limit_malloc_arenas(arenas: int = 2) -> None:
+    """glibc gives threads that allocate at once arenas of their own (up to eight per core),
+    each keeping what it freed; two serve the API's few threads. Call before threads start."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").mallopt(_M_ARENA_MAX, arenas)
 
 
 @main.command(context_settings={"ignore_unknown_options": True})
@@ -143,10 +169,30 @@ def _put_credential(owner_id: str, name: str, provider: str, secret_json: str) -
         raise click.ClickException(
             f"not a valid {provider} credential: {fields or 'bad JSON'}"
         ) from None
+    settings = Settings()
     with Session(_engine()) as session:
-        public = put_credential(session, keyring_for(Settings()), owner_id, name, secret)
+        public = put_credential(session, keyring_for(settings), owner_id, name, secret)
         session.commit()
+    _announce(settings, owner_id)
     click.echo(public.model_dump_json())
+
+
+def _announce(settings: Settings, owner_id: str) -> None:
+    """Tell running processes the owner's credentials changed (with no Redis running, their
+    caches let the change in within ``config_cache_s``)."""
+    import redis
+
+    from dispatcher.changes import ConfigChanges
+
+    try:
+        url = settings.locate_redis()
+    except RuntimeError:
+        return
+    client = redis.Redis.from_url(url)
+    try:
+        ConfigChanges(client, settings.redis_namespace).announce(owner_id)
+    finally:
+        client.close()
 
 
 @main.group()
@@ -185,6 +231,8 @@ _KEY_HELP = "default: var/dev-api-key"
 @click.option("--wait/--no-wait", default=True, help="wait for the run to finish")
 def submit(app: str, input_json: str, url: str | None, api_key: str | None, wait: bool) -> None:
     """Submit one run of APP and print it."""
+    import httpx
+
     base, key = _target(url, api_key)
     prefer = {"Prefer": "wait=30"} if wait else {}
     headers = {"Authorization": f"Bearer {key}"}
@@ -303,7 +351,7 @@ def _check_vault_key(settings: Settings) -> None:
         raise click.ClickException(str(exc)) from None
 
 
-def _checked(response: httpx.Response) -> Any:
+def _checked(response: "httpx.Response") -> Any:
     if response.is_error:
         raise click.ClickException(f"{response.status_code}: {response.text}")
     return response.json()

@@ -9,6 +9,8 @@ given here, so the dispatcher can enqueue without importing them:
                          it at the provider once the run was canceled
 """
 
+from collections.abc import Sequence
+
 import dramatiq
 import redis
 from dramatiq.brokers.redis import RedisBroker
@@ -32,7 +34,7 @@ def poll_actor_name(provider: str) -> str:
 
 def make_broker(
     settings: Settings, redis_url: str, middleware: list[Middleware] | None = None
-) -> RedisBroker:
+) -> DoorbellBroker:
     """A Redis broker tuned for quick redelivery (a dead worker's messages come back in
     seconds) whose idle consumers wait on a doorbell instead of polling."""
     client = redis.Redis.from_url(redis_url)
@@ -50,24 +52,36 @@ def make_broker(
 def enqueue_hop(
     broker: RedisBroker, run_id: str, hop_index: int, provider: str, delay_s: float = 0.0
 ) -> None:
-    _enqueue(broker, actor_name(provider), run_id, hop_index, provider, delay_s)
+    broker.enqueue(_message(actor_name(provider), run_id, hop_index, provider), delay=_ms(delay_s))
+
+
+def enqueue_hops(broker: DoorbellBroker, hops: Sequence[tuple[str, int, str]]) -> None:
+    """Each ``(run id, hop index, provider)`` at once, all in one Redis round trip."""
+    broker.enqueue_many(
+        [
+            (_message(actor_name(provider), run_id, hop, provider), None)
+            for run_id, hop, provider in hops
+        ]
+    )
 
 
 def enqueue_poll(
     broker: RedisBroker, run_id: str, hop_index: int, provider: str, delay_s: float = 0.0
 ) -> None:
     """Poll the job the run waits on at ``hop_index`` after ``delay_s``."""
-    _enqueue(broker, poll_actor_name(provider), run_id, hop_index, provider, delay_s)
+    message = _message(poll_actor_name(provider), run_id, hop_index, provider)
+    broker.enqueue(message, delay=_ms(delay_s))
 
 
-def _enqueue(
-    broker: RedisBroker, actor: str, run_id: str, hop_index: int, provider: str, delay_s: float
-) -> None:
-    message: dramatiq.Message[None] = dramatiq.Message(
+def _message(actor: str, run_id: str, hop_index: int, provider: str) -> dramatiq.Message[None]:
+    return dramatiq.Message(
         queue_name=queue_name(provider),
         actor_name=actor,
         args=(run_id, hop_index),
         kwargs={},
         options={},
     )
-    broker.enqueue(message, delay=int(delay_s * 1000) if delay_s > 0 else None)
+
+
+def _ms(delay_s: float) -> int | None:
+    return int(delay_s * 1000) if delay_s > 0 else None

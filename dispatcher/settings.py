@@ -71,16 +71,29 @@ class Settings(BaseSettings):
 
     max_body_bytes: int = 1024 * 1024
     api_key_cache_s: float = 30.0
+    #: The API keeps each tenant's routing config and healthy credentials in process, a worker
+    #: the credentials it called with (decrypted); a change announced on Redis
+    #: (dispatcher.changes) drops them at once, and this bounds how long a missed one lives.
+    config_cache_s: float = 30.0
+    #: The most runs the API writes in one transaction and one Redis round trip (group commit).
+    submit_batch_max: int = 1000
+    #: Threads the API runs blocking work on (store reads, sync endpoints).
+    api_threads: int = 8
+    #: Connections the API holds open at once; beyond them it answers 503.
+    api_max_connections: int = 1000
 
     # Worker pools.
-    worker_threads: int = 8
+    #: dramatiq threads per pool process. They only hand messages to the process's one store
+    #: writer and wait for their claim, so more threads make bigger claim batches, not more CPU.
+    worker_threads: int = 32
     #: The longest an idle consumer waits before looking at its queue again. A new message
     #: wakes it at once (dispatcher.doorbell), so this bounds only unannounced arrivals
     #: (messages dramatiq redelivers from a dead worker) and the idle cost.
     worker_poll_ms: int = 1000
     #: Provider calls one worker process holds in flight at once.
     max_in_flight: int = 1000
-    #: Threads that write outcomes to the store, per worker process.
+    #: Threads for the store work that is not a claim or an outcome (parking a provider's job,
+    #: webhook deliveries), per worker process; claims and outcomes go through one writer.
     store_threads: int = 4
     #: A claimed run's lease; renewed while its worker lives, swept when it lapses.
     lease_s: float = 30.0

@@ -1,4 +1,5 @@
-"""An ASGI middleware for request bodies: the API speaks JSON, and only so much of it.
+"""The API's rules for request bodies, in front of every route (``DirectApp`` runs every
+request through them first): the API speaks JSON, and only so much of it.
 
 - A body over ``max_bytes`` is refused with ``413`` (by its Content-Length, or while it streams).
 - A body sent without a JSON Content-Type (``curl -d`` sends form-urlencoded) is read as JSON:

@@ -1,19 +1,24 @@
-"""``/v1/credentials``: a tenant's own provider keys. Secrets go in, never come out."""
+"""``/v1/credentials``: a tenant's own provider keys. Secrets go in, never come out.
+
+Every change is announced (``services.changes``) once committed, so the next submit of every
+API process routes with it. The vault (and ``cryptography`` with it) is imported by the first
+request that needs it: the submit path never does.
+"""
 
 import time
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Response
+from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel
 from sqlmodel import Session
 
 from dispatcher.api.deps import ServicesDep, TenantDep
 from dispatcher.api.errors import ApiError
 from dispatcher.hosts import url_allowed
+from dispatcher.intake import QueueUnavailable, Submission
 from dispatcher.models import Attempt, Run
-from dispatcher.queue import enqueue_hop
 from dispatcher.services import Services
-from dispatcher.store import credentials as store
 from dispatcher.store import runs
 from schemas.credentials import (
     AzureOpenAICredential,
@@ -51,43 +56,49 @@ def put_credential(
     services: ServicesDep,
 ) -> CredentialPublic:
     """Create or replace credential ``name``; the body's shape depends on ``provider``."""
+    from dispatcher.store import credentials as store
+
     _check_name(name)
     _check_endpoints(secret, services)
     with Session(services.engine) as session:
         public = store.put_credential(session, services.keyring, tenant_id, name, secret)
         session.commit()
+    services.changes.announce(tenant_id)
     return public
 
 
 @router.get("", response_model=CredentialList)
 def list_credentials(tenant_id: TenantDep, services: ServicesDep) -> CredentialList:
+    from dispatcher.store import credentials as store
+
     with Session(services.engine) as session:
         return CredentialList(data=store.list_credentials(session, tenant_id))
 
 
 @router.get("/{name}", response_model=CredentialPublic)
 def get_credential(name: str, tenant_id: TenantDep, services: ServicesDep) -> CredentialPublic:
-    with Session(services.engine) as session:
-        return _found(store.get_credential(session, tenant_id, name), name)
+    return _get(services, tenant_id, name)
 
 
 @router.delete("/{name}", status_code=204)
 def delete_credential(name: str, tenant_id: TenantDep, services: ServicesDep) -> Response:
     """Revoke at once: runs that reach this credential afterwards no longer use it."""
+    from dispatcher.store import credentials as store
+
     with Session(services.engine) as session:
         if not store.delete_credential(session, tenant_id, name):
             raise ApiError(404, "not_found", f"no credential {name!r}")
         session.commit()
+    services.changes.announce(tenant_id)
     return Response(status_code=204)
 
 
 @router.post("/{name}/test", response_model=CredentialTest)
-def test_credential(name: str, tenant_id: TenantDep, services: ServicesDep) -> CredentialTest:
+async def test_credential(name: str, tenant_id: TenantDep, services: ServicesDep) -> CredentialTest:
     """One small real call with this credential, as a run pinned to it; its outcome."""
-    with Session(services.engine) as session:
-        credential = _found(store.get_credential(session, tenant_id, name), name)
-    run_id = _start_test_run(services, tenant_id, name, credential.provider)
-    run, attempts = _wait_terminal(services, tenant_id, run_id)
+    credential = await run_in_threadpool(_get, services, tenant_id, name)
+    run_id = await _start_test_run(services, tenant_id, name, credential.provider)
+    run, attempts = await run_in_threadpool(_wait_terminal, services, tenant_id, run_id)
     if run.status == "succeeded":
         return CredentialTest(ok=True, run_id=run_id)
     error: dict[str, Any] = run.error or {}
@@ -101,18 +112,25 @@ def test_credential(name: str, tenant_id: TenantDep, services: ServicesDep) -> C
     )
 
 
-def _start_test_run(services: Services, tenant_id: str, name: str, provider: str) -> str:
+def _get(services: Services, tenant_id: str, name: str) -> CredentialPublic:
+    from dispatcher.store import credentials as store
+
+    with Session(services.engine) as session:
+        return _found(store.get_credential(session, tenant_id, name), name)
+
+
+async def _start_test_run(services: Services, tenant_id: str, name: str, provider: str) -> str:
     app, model = _test_app(services, provider)
     hop = Hop(provider=provider, credential=f"byok:{name}", model=model, timeout_s=20)
-    with Session(services.engine) as session:
-        run = runs.create_run(
-            session, tenant_id=tenant_id, app=app, input=TEST_INPUT, chain=[hop],
-            requeue_after_s=services.settings.requeue_after_s, meta={"purpose": "credential_test"},
-        )  # fmt: skip
-        session.commit()
-        run_id = run.id
-    enqueue_hop(services.broker, run_id, 0, provider)
-    return run_id
+    run = runs.new_run(
+        tenant_id=tenant_id, app=app, input=TEST_INPUT, chain=runs.chain_snapshot([hop]),
+        requeue_after_s=services.settings.requeue_after_s, meta={"purpose": "credential_test"},
+    )  # fmt: skip
+    try:
+        await services.intake.submit(Submission([run]))
+    except QueueUnavailable:
+        raise ApiError(503, "queue_unavailable", "the queue is not answering; try again") from None
+    return run.id
 
 
 def _wait_terminal(services: Services, tenant_id: str, run_id: str) -> tuple[Run, list[Attempt]]:

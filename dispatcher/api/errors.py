@@ -1,5 +1,6 @@
 """Every error the API answers with has one shape: ``{"error": {"code", "message", "details"}}``."""
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -62,8 +63,32 @@ async def _on_unexpected(_: Request, exc: Exception) -> JSONResponse:
     return error_response(500, "internal_error", "the server failed to handle this request")
 
 
+Handler = Callable[[Request, Exception], Awaitable[JSONResponse]]
+
+#: Which handler answers which exception (the most specific class in its MRO wins).
+HANDLERS: dict[type[Exception], Handler] = {
+    ApiError: _on_api_error,
+    RequestValidationError: _on_validation,
+    StarletteHTTPException: _on_http,
+    Exception: _on_unexpected,
+}
+
+
 def install(app: FastAPI) -> None:
-    app.add_exception_handler(ApiError, _on_api_error)
-    app.add_exception_handler(RequestValidationError, _on_validation)
-    app.add_exception_handler(StarletteHTTPException, _on_http)
-    app.add_exception_handler(Exception, _on_unexpected)
+    for exc_type, handler in HANDLERS.items():
+        app.add_exception_handler(exc_type, handler)
+
+
+async def answer(request: Request, exc: Exception) -> JSONResponse:
+    """The answer FastAPI would give to ``exc``, for an endpoint it did not call itself."""
+    return await _handler(exc)(request, exc)
+
+
+def unexpected(exc: Exception) -> bool:
+    """No handler of its own answers ``exc``: it is a 500, and FastAPI raises it on to the
+    server, which logs it."""
+    return _handler(exc) is _on_unexpected
+
+
+def _handler(exc: Exception) -> Handler:
+    return next(HANDLERS[cls] for cls in type(exc).__mro__ if cls in HANDLERS)

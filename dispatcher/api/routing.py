@@ -1,27 +1,18 @@
 """``/v1/routing``: a tenant's routing config, and what it does to a run right now
 (``/v1/routing/explain``); and routing one run at submission."""
 
-from dataclasses import dataclass
-from typing import Any
-
 from fastapi import APIRouter
+from fastapi.concurrency import run_in_threadpool
 from sqlmodel import Session
 
-from dispatcher.api.deps import ServicesDep, TenantDep
+from dispatcher.api.deps import UNAUTHORIZED, ServicesDep, TenantDep
 from dispatcher.api.errors import ApiError
 from dispatcher.cooldowns import Cooldowns
 from dispatcher.db import utcnow
-from dispatcher.routing import (
-    NoRoute,
-    OverrideRefused,
-    Resolution,
-    check_config,
-    explain,
-    resolve_chain,
-)
+from dispatcher.routing import NoRoute, OverrideRefused, check_config, explain
 from dispatcher.services import Services
-from dispatcher.store import credentials as credential_store
 from dispatcher.store import routing as store
+from dispatcher.tenant_routing import Routed, TenantRouting
 from schemas.routing import (
     ExplainRequest,
     RoutingConfig,
@@ -33,7 +24,7 @@ from schemas.routing import (
 
 router = APIRouter(prefix="/v1", tags=["routing"])
 
-_ERRORS: dict[int | str, dict[str, Any]] = {401: {"description": "missing or wrong API key"}}
+_ERRORS = UNAUTHORIZED
 
 
 @router.get("/routing", response_model=RoutingPublic, responses=_ERRORS)
@@ -54,7 +45,7 @@ def get_routing(tenant_id: TenantDep, services: ServicesDep) -> RoutingPublic:
 def put_routing(body: RoutingConfig, tenant_id: TenantDep, services: ServicesDep) -> RoutingPublic:
     """Save the next version, once every hop checks out against the catalog and credentials."""
     with Session(services.engine) as session:
-        owned = _credentials(session, tenant_id, healthy_only=False)
+        owned = store.credential_providers(session, tenant_id, healthy_only=False)
         problems = check_config(body, services.catalog, owned, services.settings.shared_providers)
         if problems:
             details = [{"loc": p.loc, "message": p.message} for p in problems]
@@ -64,6 +55,7 @@ def put_routing(body: RoutingConfig, tenant_id: TenantDep, services: ServicesDep
         except store.VersionConflict as exc:
             raise ApiError(409, "conflict", f"{exc}; read the config and save again") from None
         session.commit()
+    services.changes.announce(tenant_id)
     return _public(stored)
 
 
@@ -78,10 +70,8 @@ def explain_routing(
     """The hops a run of ``app`` submitted now would take, and why each other hop is skipped
     (no credential, excluded by policy, cooling down until a time, ...). Nothing is stored.
     When no hop can serve the app (a run would get ``no_route``), the chain is empty."""
-    with Session(services.engine) as session:
-        routed = route_run(
-            session, services, tenant_id, body.app, body.routing, refuse_no_route=False
-        )
+    routing = services.routing.load(tenant_id)
+    routed = route_run(services, routing, body.app, body.routing, refuse_no_route=False)
     resolution = routed.resolution
     cooldowns = Cooldowns(services.redis, services.settings.redis_namespace)
     explained = explain(resolution, cooldowns.read(tenant_id, resolution.chain), utcnow())
@@ -101,52 +91,34 @@ def explain_routing(
     )
 
 
-@dataclass(frozen=True)
-class Routed:
-    version: int | None
-    resolution: Resolution
+async def tenant_routing(services: Services, tenant_id: str) -> TenantRouting:
+    """The tenant's routing: from the cache, else read on a thread (never on the event loop)."""
+    cached = services.routing.cached(tenant_id)
+    if cached is None:
+        return await run_in_threadpool(services.routing.load, tenant_id)
+    return cached
 
 
 def route_run(
-    session: Session,
     services: Services,
-    tenant_id: str,
+    routing: TenantRouting,
     app: str,
     override: RoutingOverride | None,
     *,
     refuse_no_route: bool = True,
 ) -> Routed:
-    """The tenant's config (its latest version) and healthy credentials, resolved for ``app``.
-    No hop can serve it: ``no_route`` (422), or, if not ``refuse_no_route``, an empty chain."""
+    """The route of one run of ``app`` under the tenant's ``routing``. No hop can serve it:
+    ``no_route`` (422), or, if not ``refuse_no_route``, an empty chain."""
     if not services.catalog.has_app(app):
         raise ApiError(422, "unknown_app", f"unknown app {app!r}", {"app": app})
-    stored = store.current_config(session, tenant_id)
-    version = stored.version if stored else None
     try:
-        resolution = resolve_chain(
-            app,
-            stored.config if stored else None,
-            override,
-            services.catalog,
-            _credentials(session, tenant_id, healthy_only=True),
-            services.settings.shared_providers,
-        )
+        return routing.route(app, override, services.catalog, services.settings.shared_providers)
     except OverrideRefused as exc:
         raise ApiError(422, "routing_override_refused", str(exc), {"app": app}) from None
     except NoRoute as exc:
         if refuse_no_route:
             raise ApiError(422, "no_route", str(exc), {"app": app}) from None
-        return Routed(version, exc.resolution)
-    return Routed(version, resolution)
-
-
-def _credentials(session: Session, tenant_id: str, *, healthy_only: bool) -> dict[str, str]:
-    """Name -> provider of the tenant's live credentials (healthy ones only, if asked)."""
-    return {
-        credential.name: credential.provider
-        for credential in credential_store.list_credentials(session, tenant_id)
-        if credential.healthy or not healthy_only
-    }
+        return Routed(routing.version, exc.resolution, [])
 
 
 def _public(stored: store.StoredConfig) -> RoutingPublic:

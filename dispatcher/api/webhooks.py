@@ -1,20 +1,20 @@
 """Webhooks: signing secrets (``/v1/webhooks/secrets``), a run's delivery log and redelivery,
-and the checks a webhook URL passes at submission."""
+and the checks a webhook URL passes at submission.
 
-from typing import Any
+The webhook store (sealed secrets: the vault, and ``cryptography`` with it) and the URL checks
+(DNS, ``httpx``) are imported by the first request that needs them: a plain submit never does.
+"""
 
 import redis
 import structlog
 from fastapi import APIRouter, Response
 from sqlmodel import Session
 
-from dispatcher.api.deps import ServicesDep, TenantDep
+from dispatcher.api.deps import UNAUTHORIZED, ServicesDep, TenantDep
 from dispatcher.api.errors import ApiError
 from dispatcher.events import enqueue_delivery
-from dispatcher.netguard import HostNotFound, UnsafeURL, check_url
 from dispatcher.services import Services
 from dispatcher.store import runs as run_store
-from dispatcher.store import webhooks as store
 from schemas.webhooks import (
     DeliveryList,
     DeliveryPublic,
@@ -28,12 +28,15 @@ log = structlog.get_logger(__name__)
 #: Included by ``dispatcher.api.runs`` (under its ``/v1``).
 router = APIRouter(tags=["webhooks"])
 
-_ERRORS: dict[int | str, dict[str, Any]] = {401: {"description": "missing or wrong API key"}}
+_ERRORS = UNAUTHORIZED
 
 
 def check_webhook(session: Session, services: Services, tenant_id: str, url: str) -> None:
     """Refuse a webhook we would never deliver: an address that is not public (unless settings
     allow it), a tenant with no signing secret, an endpoint that answered 410."""
+    from dispatcher.netguard import HostNotFound, UnsafeURL, check_url
+    from dispatcher.store import webhooks as store
+
     try:
         check_url(url, allow_private=services.settings.webhook_allow_private)
     except UnsafeURL as exc:
@@ -59,6 +62,8 @@ def check_webhook(session: Session, services: Services, tenant_id: str, url: str
 )
 def create_secret(tenant_id: TenantDep, services: ServicesDep) -> WebhookSecretCreated:
     """A new signing secret, shown in this answer only. Others in use keep signing."""
+    from dispatcher.store import webhooks as store
+
     with Session(services.engine) as session:
         created = store.create_secret(session, services.keyring, tenant_id)
         session.commit()
@@ -76,6 +81,8 @@ def rotate_secrets(
 ) -> WebhookSecretCreated:
     """A new secret (shown once); the others sign beside it for ``expire_others_after_s``, so
     every delivery meanwhile carries both signatures, then they stop."""
+    from dispatcher.store import webhooks as store
+
     grace = (body or RotateSecrets()).expire_others_after_s
     with Session(services.engine) as session:
         created = store.rotate_secrets(session, services.keyring, tenant_id, grace)
@@ -86,6 +93,8 @@ def rotate_secrets(
 @router.get("/webhooks/secrets", response_model=WebhookSecretList, responses=_ERRORS)
 def list_secrets(tenant_id: TenantDep, services: ServicesDep) -> WebhookSecretList:
     """The secrets that sign now: ids, fingerprints and expiry, never the secrets."""
+    from dispatcher.store import webhooks as store
+
     with Session(services.engine) as session:
         return WebhookSecretList(data=store.list_secrets(session, tenant_id))
 
@@ -93,6 +102,8 @@ def list_secrets(tenant_id: TenantDep, services: ServicesDep) -> WebhookSecretLi
 @router.delete("/webhooks/secrets/{secret_id}", status_code=204, responses=_ERRORS)
 def delete_secret(secret_id: str, tenant_id: TenantDep, services: ServicesDep) -> Response:
     """Stop signing with a secret at once."""
+    from dispatcher.store import webhooks as store
+
     with Session(services.engine) as session:
         deleted = store.delete_secret(session, tenant_id, secret_id)
         session.commit()
@@ -104,6 +115,8 @@ def delete_secret(secret_id: str, tenant_id: TenantDep, services: ServicesDep) -
 @router.get("/runs/{run_id}/deliveries", response_model=DeliveryList, responses=_ERRORS)
 def list_deliveries(run_id: str, tenant_id: TenantDep, services: ServicesDep) -> DeliveryList:
     """The run's webhook deliveries, oldest first, each with every attempt."""
+    from dispatcher.store import webhooks as store
+
     with Session(services.engine) as session:
         if run_store.get_run(session, tenant_id, run_id) is None:
             raise ApiError(404, "not_found", f"no run {run_id!r}")
@@ -121,6 +134,8 @@ def redeliver(
 ) -> DeliveryPublic:
     """Send a delivery again now, with the same ``webhook-id`` and a fresh retry schedule.
     An endpoint that answered 410 is enabled again."""
+    from dispatcher.store import webhooks as store
+
     with Session(services.engine) as session:
         public = store.redeliver(session, tenant_id, run_id, delivery_id)
         if public is None:
@@ -136,6 +151,8 @@ def redeliver(
 
 
 def _missing_or_busy(session: Session, tenant_id: str, run_id: str, delivery_id: str) -> None:
+    from dispatcher.store import webhooks as store
+
     known = {d.id for d in store.deliveries_of(session, tenant_id, run_id)}
     if delivery_id in known:
         raise ApiError(409, "delivery_in_progress", "an attempt of this delivery is under way")

@@ -1,4 +1,5 @@
-"""Tenants' routing configs, versioned and append-only: a save adds the next version."""
+"""Tenants' routing configs, versioned and append-only: a save adds the next version; and the
+credentials a config may name."""
 
 from dataclasses import dataclass
 from datetime import datetime
@@ -6,7 +7,7 @@ from datetime import datetime
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, func, select
 
-from dispatcher.models import RoutingVersion
+from dispatcher.models import Credential, RoutingVersion
 from schemas.routing import RoutingConfig
 
 
@@ -30,6 +31,16 @@ def current_config(session: Session, tenant_id: str) -> StoredConfig | None:
         .limit(1)
     ).first()
     return None if row is None else _stored(row)
+
+
+def credential_providers(session: Session, tenant_id: str, *, healthy_only: bool) -> dict[str, str]:
+    """Name -> provider of the tenant's live credentials (the healthy ones only, if asked)."""
+    query = select(Credential.name, Credential.provider).where(
+        col(Credential.owner_id) == tenant_id, col(Credential.deleted_at).is_(None)
+    )
+    if healthy_only:
+        query = query.where(col(Credential.healthy).is_(True))
+    return dict(session.exec(query).all())
 
 
 def put_config(session: Session, tenant_id: str, config: RoutingConfig) -> StoredConfig:

@@ -3,12 +3,14 @@
 Bad requests get one clear error shape, and nothing is stored or enqueued for them.
 """
 
+import json
+
 import pytest
 from fastapi.testclient import TestClient
-from sqlmodel import Session, func, select
+from sqlmodel import Session, col, delete, func, select
 
 from dispatcher.api.app import create_app
-from dispatcher.models import Run
+from dispatcher.models import ApiKey, Run, Tenant
 from dispatcher.services import Services, build_services
 from dispatcher.settings import Settings
 from dispatcher.store import tenants
@@ -128,6 +130,45 @@ def test_a_bad_request_gets_a_clear_error_and_nothing_is_stored_or_enqueued(
     assert (_stored_runs(services), _queued_messages(services)) == (0, 0)
 
 
+def test_an_empty_body_is_422_and_a_body_sent_as_curl_sends_it_is_read_as_json(
+    api: TestClient, auth: dict[str, str], services: Services
+) -> None:
+    empty = api.post("/v1/run", content=b"", headers=auth)
+    assert empty.status_code == 422 and empty.json()["error"]["code"] == "validation_error"
+    form = auth | {"content-type": "application/x-www-form-urlencoded"}
+    assert api.post("/v1/run", content=json.dumps(RUN), headers=form).status_code == 202
+    assert _stored_runs(services) == 1
+
+
+def test_the_202_is_the_stored_run_as_accepted(
+    api: TestClient, auth: dict[str, str], services: Services
+) -> None:
+    body = api.post("/v1/run", json=RUN, headers=auth).json()
+    with Session(services.engine) as session:
+        run = session.get(Run, body["id"])
+    assert run is not None
+    assert body == {
+        "id": run.id,
+        "status": "queued",
+        "app": "simulated/echo",
+        "created_at": run.created_at.isoformat().replace("+00:00", "Z"),
+        "urls": {"self": f"/v1/runs/{run.id}"},
+    }
+
+
+def test_the_submit_route_is_documented(api: TestClient) -> None:
+    spec = api.get("/openapi.json").json()
+    submit = spec["paths"]["/v1/run"]["post"]
+    body = submit["requestBody"]["content"]["application/json"]["schema"]
+    assert body == {"$ref": "#/components/schemas/RunCreate"}
+    assert {"app", "input", "webhook", "routing"} <= spec["components"]["schemas"]["RunCreate"][
+        "properties"
+    ].keys()
+    assert {p["name"] for p in submit["parameters"]} == {"prefer", "idempotency-key"}
+    accepted = submit["responses"]["202"]["content"]["application/json"]["schema"]
+    assert accepted == {"$ref": "#/components/schemas/RunAccepted"}
+
+
 def test_an_unknown_app_error_names_the_app(api: TestClient, auth: dict[str, str]) -> None:
     error = api.post("/v1/run", json={"app": "acme/ghost", "input": {}}, headers=auth).json()[
         "error"
@@ -193,6 +234,28 @@ def test_when_redis_is_down_submit_is_503_and_nothing_is_stored(
         assert response.json()["error"]["code"] == "queue_unavailable"
         assert client.get("/readyz").status_code == 503
         assert _stored_runs(down) == 0
+
+
+def test_a_store_failure_on_submit_is_a_500_that_says_nothing_of_it(settings: Settings) -> None:
+    """The tenant's rows go while its key is cached: the run's INSERT fails on its foreign key."""
+    services = build_services(
+        settings.model_copy(update={"api_key_cache_s": 60.0}), str(settings.redis_url)
+    )
+    tenant_id, auth = new_tenant(services, "leaving")
+    with TestClient(create_app(services), raise_server_exceptions=False) as client:
+        assert client.get("/v1/runs", headers=auth).status_code == 200
+        with Session(services.engine) as session:
+            session.exec(delete(ApiKey).where(col(ApiKey.tenant_id) == tenant_id))
+            session.exec(delete(Tenant).where(col(Tenant.id) == tenant_id))
+            session.commit()
+        response = client.post("/v1/run", json=RUN, headers=auth)
+    assert response.status_code == 500
+    assert response.json()["error"] == {
+        "code": "internal_error",
+        "message": "the server failed to handle this request",
+        "details": None,
+    }
+    assert _stored_runs(services) == 0
 
 
 def test_health_and_readiness(api: TestClient) -> None:

@@ -7,7 +7,7 @@ import uuid
 import dramatiq
 
 from dispatcher.doorbell import BELL_DEPTH, DoorbellBroker
-from dispatcher.queue import enqueue_hop, make_broker, queue_name
+from dispatcher.queue import enqueue_hop, enqueue_hops, make_broker, queue_name
 from dispatcher.settings import Settings
 
 
@@ -52,3 +52,20 @@ def test_an_enqueue_survives_a_server_that_lost_its_scripts(settings: Settings) 
     broker.client.script_flush()
     enqueue_hop(broker, "run_after_flush", 0, "simulated")
     assert broker.client.llen(f"{broker.namespace}:{queue_name('simulated')}") == 1
+
+
+def test_many_messages_go_out_together_each_queue_ringing_once(settings: Settings) -> None:
+    broker = _broker(settings)
+    hops = [(f"run_{n}", 0, "simulated") for n in range(5)] + [("run_o", 1, "openai")]
+    enqueue_hops(broker, hops)
+    for provider, count in (("simulated", 5), ("openai", 1)):
+        assert broker.client.llen(broker.bell(queue_name(provider))) == 1
+        assert broker.client.llen(f"{broker.namespace}:{queue_name(provider)}") == count
+    consumer = broker.consume(queue_name("simulated"), prefetch=10, timeout=1000)
+    received = [next(consumer) for _ in range(5)]  # dramatiq's own fetch reads them
+    assert [message.args for message in received if message] == [
+        (run_id, 0) for run_id, _, _ in hops[:5]
+    ]
+    for message in received:
+        assert message is not None
+        consumer.ack(message)

@@ -15,7 +15,6 @@ from fastapi.testclient import TestClient
 from sqlalchemy import Engine
 from sqlmodel import Session
 
-from dispatcher.api import metrics as metrics_api
 from dispatcher.api.app import create_app
 from dispatcher.catalog import load_catalog
 from dispatcher.metrics import (
@@ -320,9 +319,7 @@ def test_runs_in_progress_count_queued_and_running_only(engine: Engine) -> None:
 
 
 def _client(services: Services) -> TestClient:
-    app = create_app(services)
-    app.include_router(metrics_api.router)
-    return TestClient(app)
+    return TestClient(create_app(services))
 
 
 def test_the_endpoint_answers_a_scrape_without_a_key(services: Services) -> None:
