@@ -10,11 +10,14 @@ the webhook outbox.
 Types: queued, running, attempt_failed, fell_back, waiting, succeeded, failed, canceled.
 A payload carries ids, statuses and error classes, never inputs, outputs or secrets.
 
-``publish`` is one round trip (a Lua script): it writes both streams, publishes, and copies
-the event to the outbox when the run's webhook subscribed to it, so the executor never looks
-a subscription up. ``queued`` is not published by the submit path (it stays one INSERT and
-one enqueue): readers of a run's events start from its row, and a webhook that subscribed to
-``queued`` gets it through the outbox when the run is submitted.
+``publish`` is one Lua script: it writes both streams, publishes, and copies the event to the
+outbox when the run's webhook subscribed to it, so the executor never looks a subscription up.
+``publish_many`` sends any number of events, in order, in one round trip, with other commands
+(a worker announces what each batch of its store writes changed that way, and counts it).
+
+``queued`` is not published by the submit path (it stays one INSERT and one enqueue): readers
+of a run's events start from its row, and a webhook that subscribed to ``queued`` gets it
+through the outbox when the run is submitted.
 
 ``RunWatch`` is the API side: it wakes waiters (``Prefer: wait``, server-sent events) through
 one pub/sub connection per process.
@@ -24,15 +27,17 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import dramatiq
 import redis
 import redis.asyncio as aioredis
 import structlog
 from dramatiq.brokers.redis import RedisBroker
+from redis.client import Pipeline
+from redis.exceptions import NoScriptError
 
 from schemas.webhooks import TERMINAL_EVENTS, RunEventType
 
@@ -99,6 +104,13 @@ def enqueue_delivery(
     broker.enqueue(message, delay=int(delay_s * 1000) if delay_s > 0 else None)
 
 
+class RunEvent(NamedTuple):
+    run_id: str
+    tenant_id: str
+    type: EventType
+    data: dict[str, Any]
+
+
 @dataclass(frozen=True)
 class Hook:
     """A run's webhook subscription."""
@@ -131,10 +143,39 @@ class RunEvents:
         return outbox_name(self.namespace)
 
     def publish(self, run_id: str, tenant_id: str, type: EventType, **data: Any) -> None:
+        self.publish_many([RunEvent(run_id, tenant_id, type, data)])
+
+    def publish_many(
+        self, events: Sequence[RunEvent], also: Callable[[Pipeline], None] | None = None
+    ) -> None:
+        """Publish ``events`` in order, in one round trip, with the commands ``also`` adds to
+        the same pipeline (a worker's metrics). The script goes by ``EVALSHA`` itself (a
+        redis-py ``Script`` in a pipeline would add a ``SCRIPT EXISTS`` round trip); a server
+        that lost its scripts gets it loaded and the events sent again, and only them."""
+        pipe = self._events_pipeline(events)
+        if also is not None:
+            also(pipe)
+        answers = pipe.execute(raise_on_error=False)
+        if any(isinstance(answer, NoScriptError) for answer in answers[: len(events)]):
+            self.client.script_load(_PUBLISH)
+            self._events_pipeline(events).execute()
+            answers = answers[len(events) :]
+        for answer in answers:
+            if isinstance(answer, Exception):
+                raise answer
+
+    def _events_pipeline(self, events: Sequence[RunEvent]) -> Pipeline:
+        pipe = self.client.pipeline(transaction=False)
+        for event in events:
+            pipe.evalsha(self._publish.sha, 4, *self._publish_args(event))
+        return pipe
+
+    def _publish_args(self, event: RunEvent) -> list[str | int]:
+        run_id, tenant_id, type, data = event
         keys = [self.stream(), self.run_stream(run_id), self.hook(run_id), self.outbox()]
         args: list[str | int] = [payload(run_id, tenant_id, type, data), type, STREAM_MAXLEN]
         args += [RUN_STREAM_TTL_S, self.channel(run_id), int(type in TERMINAL_EVENTS)]
-        self._publish(keys=keys, args=args)
+        return [*keys, *args]
 
     def subscribe_webhooks(self, hooks: Sequence[Hook]) -> None:
         """Record runs' webhooks, before their first message is enqueued (one round trip);
@@ -173,6 +214,7 @@ class RunWatch:
 
     CONFIRM_TIMEOUT_S = 5.0
     RETRY_S = 1.0
+    CLOSE_TIMEOUT_S = 2.0
 
     def __init__(self, client: aioredis.Redis, namespace: str) -> None:
         self.client = client
@@ -188,12 +230,18 @@ class RunWatch:
         self._reader = asyncio.create_task(self._read(), name="run-watch")
 
     async def close(self) -> None:
+        """Stop listening and close the connections, each within ``CLOSE_TIMEOUT_S``: closing a
+        pub/sub connection can deadlock inside redis-py (redis/redis-py#3941), and a process
+        that is stopping must not hang on it."""
         if self._reader is not None:
             self._reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reader
-        await self._pubsub.aclose()  # type: ignore[no-untyped-call]
-        await self.client.aclose()
+        for closing in (self._pubsub.aclose(), self.client.aclose()):  # type: ignore[no-untyped-call]
+            try:
+                await asyncio.wait_for(closing, self.CLOSE_TIMEOUT_S)
+            except (TimeoutError, redis.RedisError, OSError) as exc:
+                log.warning("a pub/sub connection did not close", error=type(exc).__name__)
 
     @contextlib.asynccontextmanager
     async def watch(self, run_id: str) -> AsyncIterator[Signal]:

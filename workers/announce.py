@@ -1,10 +1,26 @@
-"""What a recorded attempt announces: the run events its outcome and next step mean."""
+"""What a worker's store writes announce, and the sending of it once they are committed.
 
+``running`` and ``outcome_events`` say which run events a claim and a recorded attempt mean;
+an ``Outbox`` collects them for a batch of writes, with the next-hop messages, what the
+metrics count (attempts, runs ended) and the owners whose configuration changed (a
+credential's health), and ``send`` delivers them after the commit: the messages, then every
+event and count in one round trip, then the owners' changes.
+"""
+
+from dataclasses import dataclass, field
 from typing import Any
 
-from dispatcher.events import EventType
-from dispatcher.models import Attempt
-from dispatcher.store.lifecycle import Claim, Decision, Fail, NextHop, Succeed
+import redis
+import structlog
+from dramatiq.brokers.redis import RedisBroker
+
+from dispatcher.changes import ConfigChanges
+from dispatcher.events import EventType, RunEvent, RunEvents
+from dispatcher.metrics import count_attempt, count_run_finished
+from dispatcher.queue import enqueue_hop
+from dispatcher.store.lifecycle import AttemptRow, Claim, Decision, Fail, NextHop, Succeed
+
+log = structlog.get_logger(__name__)
 
 Event = tuple[EventType, dict[str, Any]]
 
@@ -14,7 +30,7 @@ def running(claim: Claim) -> Event:
     return "running", {"attempt": claim.attempt, "hop": claim.hop_index, "provider": hop.provider}
 
 
-def outcome_events(claim: Claim, attempt: Attempt | None, decision: Decision) -> list[Event]:
+def outcome_events(claim: Claim, attempt: AttemptRow | None, decision: Decision) -> list[Event]:
     """The events of a recorded attempt's outcome, or (``attempt`` None) of passing a hop over."""
     events: list[Event] = []
     if attempt is not None and attempt.outcome == "failed":
@@ -40,7 +56,7 @@ def outcome_events(claim: Claim, attempt: Attempt | None, decision: Decision) ->
     return events
 
 
-def _failure(attempt: Attempt) -> dict[str, Any]:
+def _failure(attempt: AttemptRow) -> dict[str, Any]:
     return {
         "attempt": attempt.number,
         "hop": attempt.hop,
@@ -48,3 +64,58 @@ def _failure(attempt: Attempt) -> dict[str, Any]:
         "error_class": attempt.error_class,
         "status_code": attempt.status_code,
     }
+
+
+@dataclass
+class Outbox:
+    """What a batch of committed store writes sends: next-hop messages, run events (in the
+    order they were added), what the metrics count, and the owners whose configuration
+    changed."""
+
+    hops: list[tuple[str, NextHop]] = field(default_factory=list)
+    events: list[RunEvent] = field(default_factory=list)
+    attempts: list[tuple[AttemptRow, str | None]] = field(default_factory=list)
+    ended: list[str] = field(default_factory=list)
+    owners: set[str] = field(default_factory=set)
+
+    def announce(self, claim: Claim, events: list[Event]) -> None:
+        self.events.extend(RunEvent(claim.run_id, claim.tenant_id, t, d) for t, d in events)
+
+    def move(self, claim: Claim, decision: Decision, attempt: AttemptRow | None) -> None:
+        """The run moved as ``decision`` says after ``attempt`` (None: its hop was passed
+        over): its events, its next hop's message (if any), and its counts."""
+        if isinstance(decision, NextHop):
+            self.hops.append((claim.run_id, decision))
+        self.announce(claim, outcome_events(claim, attempt, decision))
+        status = None if isinstance(decision, NextHop) else _STATUS[type(decision)]
+        if attempt is not None:
+            self.attempts.append((attempt, status))
+        elif status is not None:
+            self.ended.append(status)
+
+    def send(self, broker: RedisBroker, events: RunEvents, changes: ConfigChanges) -> None:
+        """Deliver everything; Redis failing is logged, not raised: the writes are committed,
+        and the sweeper sends a run whose message was lost again."""
+        for run_id, hop in self.hops:
+            try:
+                enqueue_hop(broker, run_id, hop.hop, hop.provider, hop.delay_s)
+            except redis.RedisError:
+                log.warning("next hop not enqueued; the sweeper will", run_id=run_id, exc_info=True)
+        try:
+            events.publish_many(self.events, also=lambda pipe: self._count(pipe, events.namespace))
+        except redis.RedisError:
+            log.warning("run events not published", count=len(self.events), exc_info=True)
+        for owner in self.owners:
+            changes.announce(owner)
+
+    def _count(self, pipe: redis.Redis, namespace: str) -> None:
+        for attempt, status in self.attempts:
+            count_attempt(
+                pipe, namespace, provider=attempt.provider, outcome=attempt.outcome,
+                error_class=attempt.error_class, latency_ms=attempt.latency_ms, run_status=status,
+            )  # fmt: skip
+        for status in self.ended:
+            count_run_finished(pipe, namespace, status)
+
+
+_STATUS = {Succeed: "succeeded", Fail: "failed"}

@@ -1,17 +1,29 @@
-"""Which credential a hop uses, loaded and decrypted for one attempt.
+"""Which credential a hop uses, decrypted once per process and kept until its owner changes.
 
     byok:<name>  the tenant's own credential <name>
     shared       the platform's credential registered for the hop's provider
                  (none needed for the built-in simulated provider)
 
+Every run needs its hop's credential, and reading and decrypting it is two ``SELECT``s and
+AES-GCM: so each process keeps what it read in an ``OwnerCache`` per owner (the tenant, or
+``PLATFORM_OWNER`` for shared credentials) and credential name. A change to an owner's
+credentials -- the API storing, replacing or revoking one, a worker marking one unhealthy --
+is announced after its commit (``dispatcher.changes``) and drops the owner's entries in every
+process at once; an announcement that went missing is outlived by ``ttl_s`` at most. A
+credential that is missing or revoked is kept as such too, until the same.
+
 A problem is returned as the ``ProviderError`` the attempt records, so a revoked or
 unhealthy key moves the run along its chain like any refusal. A credential that does
-not decrypt as its own fails the run at once: the vault fails closed.
+not decrypt as its own fails the run at once: the vault fails closed (and is read again next
+time, not kept).
 """
 
+from sqlalchemy import Connection
 from sqlmodel import Session
 
+from dispatcher.changes import OwnerCache
 from dispatcher.store import credentials as store
+from dispatcher.store.lifecycle import AttemptRow
 from dispatcher.vault import PLATFORM_OWNER, Keyring, VaultError
 from schemas.credentials import CredentialSecret
 from schemas.errors import CREDENTIAL_CLASSES
@@ -30,30 +42,48 @@ def owner_and_name(tenant_id: str, hop: Hop) -> tuple[str, str]:
     return tenant_id, hop.credential_name
 
 
-def load_for_hop(session: Session, keyring: Keyring, tenant_id: str, hop: Hop) -> Loaded:
-    if hop.provider in KEYLESS:
-        return None
-    owner, name = owner_and_name(tenant_id, hop)
-    try:
-        secret = store.load_secret(session, keyring, owner, name)
-    except VaultError as exc:
-        return ProviderError("invalid_request", f"credential cannot be used: {exc}")
-    if secret is None:
-        missing = f"credential {name!r}" if owner != PLATFORM_OWNER else "shared credential"
-        return ProviderError("auth_failed", f"{missing} for {hop.provider} is missing or revoked")
-    if secret.provider != hop.provider:
-        return ProviderError(
-            "auth_failed", f"credential {name!r} is for {secret.provider}, not {hop.provider}"
-        )
-    return secret
+class Credentials:
+    """The credentials this process's hops call with (see the module's docstring)."""
+
+    def __init__(self, keyring: Keyring, ttl_s: float) -> None:
+        self.keyring = keyring
+        #: (owner, name) -> the decrypted secret, or None when there is none.
+        self.cache: OwnerCache[str, CredentialSecret | None] = OwnerCache(ttl_s)
+
+    def load(self, connection: Connection, tenant_id: str, hop: Hop) -> Loaded:
+        """The hop's credential; read (in ``connection``'s transaction) only when not kept."""
+        if hop.provider in KEYLESS:
+            return None
+        owner, name = owner_and_name(tenant_id, hop)
+        try:
+            secret = self.cache.get(owner, name, lambda: self._read(connection, owner, name))
+        except VaultError as exc:
+            return ProviderError("invalid_request", f"credential cannot be used: {exc}")
+        if secret is None:
+            missing = f"credential {name!r}" if owner != PLATFORM_OWNER else "shared credential"
+            return ProviderError(
+                "auth_failed", f"{missing} for {hop.provider} is missing or revoked"
+            )
+        if secret.provider != hop.provider:
+            return ProviderError(
+                "auth_failed", f"credential {name!r} is for {secret.provider}, not {hop.provider}"
+            )
+        return secret
+
+    def _read(self, connection: Connection, owner: str, name: str) -> CredentialSecret | None:
+        with Session(bind=connection) as session:
+            return store.load_secret(session, self.keyring, owner, name)
 
 
-def note_health(session: Session, tenant_id: str, hop: Hop, error: ProviderError | None) -> None:
-    """A tenant credential refused for quota or auth is unhealthy until it next succeeds."""
+def note_health(connection: Connection, tenant_id: str, hop: Hop, attempt: AttemptRow) -> bool:
+    """A tenant credential refused for quota or auth is unhealthy until it next succeeds.
+    True when this changed its health: the caller announces the tenant's change."""
     if hop.credential_name is None:
-        return
-    if error is None:
-        store.mark_healthy(session, tenant_id, hop.credential_name)
-    elif error.error_class in CREDENTIAL_CLASSES:
-        reason = f"{error.error_class}: {error.message}"
-        store.mark_unhealthy(session, tenant_id, hop.credential_name, reason)
+        return False
+    with Session(bind=connection) as session:
+        if attempt.outcome == "succeeded":
+            return store.mark_healthy(session, tenant_id, hop.credential_name)
+        if attempt.error_class in CREDENTIAL_CLASSES:
+            reason = f"{attempt.error_class}: {attempt.message}"
+            return store.mark_unhealthy(session, tenant_id, hop.credential_name, reason)
+    return False

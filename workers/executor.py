@@ -1,31 +1,41 @@
 """The hop executor: claim a run, call its hop's provider, record the outcome, move it on.
 
-dramatiq worker thread          event loop                     store thread
-----------------------          ----------                     ------------
-take a slot, claim the run  ->  adapter.invoke(...)        ->  start the hop's cooldown (if
-(a stale message: no-op;        (holds no thread)              it earned one), read the
- a hop cooling down: passed                                    chain's, decide; record attempt
- over, no attempt made)                                        + usage + next state, once;
-                                                               enqueue the next hop
+dramatiq worker thread        store writer (one thread)        event loop
+----------------------        -------------------------        ----------
+take a slot, hand the    ->   claim a batch of runs in one ->  one task per run:
+message over and wait         transaction, start their         adapter.invoke(...) (holds no
+(a stale message: no-op;      calls; a hop cooling down:       thread), then hand the outcome
+ acked once answered)         passed over, no attempt    <-    to the writer and wait
+                              record a batch of outcomes in
+                              one transaction (attempt +  ->   the task ends: its slot is free
+                              usage + next state, once
+                              each); then announce it all
+                              and enqueue next hops
+                              (``workers.writer``)
 
 A run queued for a hop before that hop's cooldown began finds it cooling when claimed: the
-claim is released in the same transaction (``lifecycle.release``: no attempt row, the attempt
-count given back) and the run goes where ``fallback.skip`` says, like any other move.
+claim is released (``lifecycle.release``: no attempt row, the attempt count given back) and
+the run goes where ``fallback.skip`` says, like any other move.
 
 A provider whose jobs take minutes (fal) answers a submit with ``FalPending``. The attempt
 then parks (``lifecycle.park``: the job stored on the run, the claim let go, a delayed
 ``poll_hop`` message sent) and holds nothing while it waits: no slot, thread or loop task.
 ``poll`` takes the run back when the poll is due (``lifecycle.claim_job``), polls once, and
 parks again, or records the attempt like any other, the job kept on its row. A job has a
-bound (``job_bound``); past it, it is canceled at the provider and the attempt is a
+bound (``workers.jobs``); past it, it is canceled at the provider and the attempt is a
 ``timeout``. A canceled run's job is canceled at the provider by the poll message the cancel
 sends: ``lifecycle.drop_canceled_job`` gives it to one poller only.
+
+The hop's timeout (``asyncio.wait_for`` around the adapter's call) starts with the call's
+task: a claimed run waits for nothing else in the process first (the writer starts a batch's
+calls in one hop to the loop, right after their claim commits), and an outcome's recording is
+not part of it.
 """
 
 import asyncio
-from collections.abc import Callable, Coroutine
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 import redis
@@ -33,35 +43,33 @@ import structlog
 from dramatiq.brokers.redis import RedisBroker
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
-from sqlmodel import Session
 
+from dispatcher.changes import ConfigChanges
 from dispatcher.cooldowns import Cooldowns
 from dispatcher.db import utcnow
 from dispatcher.events import RunEvents
-from dispatcher.models import Attempt
 from dispatcher.pricing import PriceTable, load_prices
-from dispatcher.queue import enqueue_hop, enqueue_poll
-from dispatcher.routing import Cooling, cooling_until
+from dispatcher.queue import enqueue_poll
 from dispatcher.settings import Settings
 from dispatcher.store import lifecycle
-from dispatcher.store.lifecycle import CanceledJob, Claim, Decision, Fail, NextHop
-from dispatcher.vault import Keyring
+from dispatcher.store.lifecycle import AttemptRow, CanceledJob, Claim
 from schemas.credentials import CredentialSecret
 from schemas.inference import InferenceRequest, InferenceResult
-from workers import announce
-from workers.credentials import Loaded, load_for_hop, note_health
-from workers.fallback import decide, skip
+from workers.announce import Outbox
+from workers.claiming import Claimer
+from workers.credentials import Credentials, Loaded
+from workers.jobs import finished_job, job_bound, job_record, next_poll_at, submitted_at
 from workers.providers import Adapter
 from workers.providers.errors import ProviderError
 from workers.providers.fal import FalAdapter, FalJob, FalPending
+from workers.recording import Finished, Recorder
 from workers.runtime import Runtime
+from workers.writer import StoreWriter
 
 log = structlog.get_logger(__name__)
 
 Outcome = InferenceResult | ProviderError
 Work = Coroutine[Any, Any, None]
-#: How long a provider's job may take when its run has no deadline.
-MAX_JOB_S = 3600.0
 
 
 @dataclass
@@ -71,111 +79,74 @@ class HopExecutor:
     broker: RedisBroker
     runtime: Runtime
     adapters: dict[str, Adapter]
-    keyring: Keyring
+    credentials: Credentials
+    changes: ConfigChanges
     prices: PriceTable = field(default_factory=load_prices)
     events: RunEvents = field(init=False)
-    cooldowns: Cooldowns = field(init=False)
+    writer: StoreWriter = field(init=False)
 
     def __post_init__(self) -> None:
         self.events = RunEvents(self.broker.client, self.settings.redis_namespace)
-        self.cooldowns = Cooldowns(self.broker.client, self.settings.redis_namespace)
+        cooldowns = Cooldowns(self.broker.client, self.settings.redis_namespace)
+        settings = self.settings
+        claimer = Claimer(
+            self.engine, self.runtime, self.credentials, cooldowns, self.execute,
+            lease_s=settings.lease_s, requeue_after_s=settings.requeue_after_s,
+        )  # fmt: skip
+        recorder = Recorder(self.engine, self.runtime, cooldowns, settings.requeue_after_s)
+        self.writer = StoreWriter(claimer, recorder, self._send)
+
+    def _send(self, outbox: Outbox) -> None:
+        outbox.send(self.broker, self.events, self.changes)
 
     def handle(self, run_id: str, hop_index: int) -> None:
-        """The hop actor's body: runs on a dramatiq worker thread and returns once the call is
-        started."""
-        self._start(self._claim_hop, run_id, hop_index)
+        """The hop actor's body: runs on a dramatiq worker thread and returns once the run's
+        call is started (or there is nothing to do)."""
+        self.runtime.slots.acquire()
+        try:
+            started = self.writer.claim(run_id, hop_index)
+        except BaseException:
+            self.runtime.slots.release()
+            raise
+        if not started:
+            self.runtime.slots.release()
+            log.debug("message skipped: nothing to do for the run at this hop", hop=hop_index)
 
     def poll(self, run_id: str, hop_index: int) -> None:
         """The poll actor's body: poll the job the run waits on, once; or, the run canceled,
         cancel the job at the provider."""
-        self._start(self._take_job, run_id, hop_index)
-
-    def _start(self, take: Callable[[str, int], Work | None], run_id: str, hop_index: int) -> None:
-        """Take a slot and start on the loop what ``take`` gives; nothing to do: give it back."""
         self.runtime.slots.acquire()
         try:
-            work = take(run_id, hop_index)
+            work = self._take_job(run_id, hop_index)
         except BaseException:
             self.runtime.slots.release()
             raise
         if work is None:
             self.runtime.slots.release()
-            log.debug("message skipped: nothing to do for the run at this hop", hop=hop_index)
+            log.debug("poll skipped: no job of the run to poll at this hop", hop=hop_index)
             return
         self.runtime.spawn(work)
-
-    def _claim_hop(self, run_id: str, hop_index: int) -> Work | None:
-        claim, credential = self._claim(run_id, hop_index)
-        if claim is None:
-            return None
-        self.runtime.held[claim.run_id] = claim.token
-        event, data = announce.running(claim)
-        try:
-            self.events.publish(claim.run_id, claim.tenant_id, event, **data)
-        except redis.RedisError:  # the call goes on: its outcome is what counts
-            log.warning("running event not published", exc_info=True)
-        return self.execute(claim, credential)
 
     def _take_job(self, run_id: str, hop_index: int) -> Work | None:
         """A canceled run's job to cancel at the provider, else the parked run's job to poll
         (once its poll is due); None when there is neither."""
-        with Session(self.engine) as session:
-            dropped = lifecycle.drop_canceled_job(session, run_id)
+        load = self.credentials.load
+        with self.engine.begin() as connection:
+            dropped = lifecycle.drop_canceled_job(connection, run_id)
             if dropped is not None:
-                credential = load_for_hop(session, self.keyring, dropped.tenant_id, dropped.hop)
-                session.commit()
-                return self._give_up(dropped, credential)
+                return self._give_up(dropped, load(connection, dropped.tenant_id, dropped.hop))
             lease_s = self.settings.lease_s
-            claim = lifecycle.claim_job(session, run_id, hop_index, lease_s, grace_s=lease_s)
+            claim = lifecycle.claim_job(connection, run_id, hop_index, lease_s, grace_s=lease_s)
             if claim is None:
                 return None
-            credential = load_for_hop(session, self.keyring, claim.tenant_id, claim.hop)
-            session.commit()
+            credential = load(connection, claim.tenant_id, claim.hop)
         self.runtime.held[claim.run_id] = claim.token
         return self.execute(claim, credential)
 
-    def _claim(self, run_id: str, hop_index: int) -> tuple[Claim | None, Loaded]:
-        """The claim and its credential; None when there is nothing to call: the run is not
-        claimable at this hop, or the hop is cooling down (the run was moved on)."""
-        with Session(self.engine) as session:
-            claim = lifecycle.claim_run(session, run_id, hop_index, self.settings.lease_s)
-            if claim is None:
-                return None, None
-            cooling = self._cooling(claim)
-            if cooling_until(cooling, claim.hop_index, utcnow()) is not None:
-                self._pass_over(session, claim, skip(claim, cooling))
-                return None, None
-            credential = load_for_hop(session, self.keyring, claim.tenant_id, claim.hop)
-            session.commit()
-        return claim, credential
-
-    def _pass_over(self, session: Session, claim: Claim, decision: NextHop | Fail) -> None:
-        """Release the claim on a cooling hop without an attempt, and move the run on."""
-        released = lifecycle.release(
-            session, claim, decision, requeue_after_s=self.settings.requeue_after_s
-        )
-        session.commit()
-        if released:
-            self._follow(claim, decision, announce.outcome_events(claim, None, decision))
-            log.info("hop cooling down: passed over", run_id=claim.run_id, hop=claim.hop_index)
-
-    def _cooling(self, claim: Claim, error: ProviderError | None = None) -> Cooling:
-        """Start the cooldown ``error`` earned (if it earned one), then read the chain's cooling
-        state. If Redis does not answer, nothing is cooling: the providers' own 429s still are."""
-        try:
-            if error is None:
-                return self.cooldowns.read(claim.tenant_id, claim.chain)
-            return self.cooldowns.note(
-                claim.tenant_id, claim.chain, claim.hop_index, error.error_class,
-                error.retry_after_s,
-            )  # fmt: skip
-        except redis.RedisError:
-            log.warning("cooldowns unreadable: no hop counts as cooling down", exc_info=True)
-            return ()
-
     async def execute(self, claim: Claim, credential: Loaded) -> None:
         """One step of the claimed attempt: the call (or, for a parked attempt, one poll of
-        its job), then the attempt recorded, or parked until the next poll."""
+        its job), then the attempt recorded by the store writer, or parked until the next
+        poll. The task ends (and gives its slot back) once that is done."""
         hop = claim.hop
         context = {"run_id": claim.run_id, "tenant": claim.tenant_id, "provider": hop.provider}
         with structlog.contextvars.bound_contextvars(
@@ -184,29 +155,57 @@ class HopExecutor:
             try:
                 started_at = submitted_at(claim.job) or utcnow()
                 if isinstance(credential, ProviderError):
-                    called: Outcome | FalPending = credential
+                    called: Outcome | FalPending | None = credential
                 else:
                     called = await self._call(claim, credential)
-                if not isinstance(called, FalPending):
-                    await self._conclude(claim, called, started_at, claim.job)
-                    return
-                job = job_record(called, started_at)
-                timed_out = await self._wait(claim, credential, job, next_poll_at(claim, called))
-                if timed_out is not None:
-                    await self._conclude(claim, timed_out, started_at, job)
+                job = claim.job
+                if isinstance(called, FalPending):
+                    job = job_record(called, started_at)
+                    called = await self._wait(claim, credential, job, next_poll_at(claim, called))
+                if called is not None:
+                    recorded = asyncio.get_running_loop().create_future()
+                    self.writer.record(self._finished(claim, called, started_at, job, recorded))
+                    await recorded
             finally:
                 if self.runtime.held.get(claim.run_id) == claim.token:
                     self.runtime.held.pop(claim.run_id, None)
 
-    async def _conclude(
-        self, claim: Claim, outcome: Outcome, started_at: datetime, job: dict[str, Any] | None
-    ) -> None:
+    def _finished(
+        self,
+        claim: Claim,
+        outcome: Outcome,
+        started_at: datetime,
+        job: dict[str, Any] | None,
+        recorded: asyncio.Future[None],
+    ) -> Finished:
+        now = utcnow()
+        latency_ms = (now - started_at).total_seconds() * 1000
         hop = claim.hop
-        latency_ms = (utcnow() - started_at).total_seconds() * 1000
-        attempt = _attempt(claim, outcome, started_at, latency_ms, finished_job(job, outcome))
-        if isinstance(outcome, InferenceResult):
+        attempt = AttemptRow(
+            run_id=claim.run_id,
+            number=claim.attempt,
+            hop=claim.hop_index,
+            provider=hop.provider,
+            model=hop.model,
+            credential_kind=hop.credential_kind,
+            credential_name=hop.credential_name,
+            outcome="succeeded",
+            status_code=200,
+            latency_ms=latency_ms,
+            provider_job=finished_job(job, outcome),
+            started_at=started_at,
+            finished_at=now,
+        )
+        if isinstance(outcome, ProviderError):
+            attempt.outcome = "failed"
+            attempt.status_code = outcome.status_code
+            attempt.error_class = outcome.error_class
+            attempt.message = outcome.message
+            attempt.retry_after_s = outcome.retry_after_s
+        else:
+            attempt.usage = outcome.usage.model_dump()
             attempt.cost_usd = self.prices.cost(hop.provider, hop.model, outcome.usage)
-        await self.runtime.in_store_thread(self._finish, claim, attempt, outcome)
+        return Finished(claim, attempt, outcome, recorded)
 
     async def _call(
         self, claim: Claim, credential: CredentialSecret | None
@@ -259,9 +258,9 @@ class HopExecutor:
         return None
 
     def _park(self, claim: Claim, job: dict[str, Any], poll_at: datetime) -> bool:
-        with Session(self.engine) as session:
-            parked = lifecycle.park(session, claim, job, poll_at, grace_s=self.settings.lease_s)
-            session.commit()
+        with self.engine.begin() as connection:
+            grace_s = self.settings.lease_s
+            parked = lifecycle.park(connection, claim, job, poll_at, grace_s=grace_s)
         if not parked:
             log.warning("job not parked: the claim was lost (run canceled or taken back)")
             return False
@@ -306,110 +305,9 @@ class HopExecutor:
             return
         log.info("job canceled at the provider", request_id=request_id, answer=answer)
 
-    def _finish(self, claim: Claim, attempt: Attempt, outcome: Outcome) -> None:
-        error = outcome if isinstance(outcome, ProviderError) else None
-        decision = decide(claim, outcome, self._cooling(claim, error) if error else ())
-        with Session(self.engine, expire_on_commit=False) as session:
-            recorded = lifecycle.record(
-                session, claim, attempt, decision, requeue_after_s=self.settings.requeue_after_s
-            )
-            if recorded:
-                note_health(session, claim.tenant_id, claim.hop, error)
-            session.commit()
-        if not recorded:
-            log.warning("outcome dropped: the claim was lost (lease lapsed or run ended)")
-            return
-        self._follow(claim, decision, announce.outcome_events(claim, attempt, decision))
-        log.info(
-            "attempt recorded",
-            outcome=attempt.outcome,
-            error_class=attempt.error_class,
-            latency_ms=round(attempt.latency_ms, 2),
-            next=type(decision).__name__,
-        )
-
-    def _follow(self, claim: Claim, decision: Decision, events: list[announce.Event]) -> None:
-        """After the commit: send the run to its next hop, and announce what happened."""
-        if isinstance(decision, NextHop):
-            enqueue_hop(
-                self.broker, claim.run_id, decision.hop, decision.provider, decision.delay_s
-            )
-        for event, data in events:
-            self.events.publish(claim.run_id, claim.tenant_id, event, **data)
-
-
-def submitted_at(job: dict[str, Any] | None) -> datetime | None:
-    """When the provider's job was submitted (the start of its attempt)."""
-    return None if job is None else datetime.fromisoformat(job["submitted_at"])
-
-
-def job_record(pending: FalPending, submitted: datetime) -> dict[str, Any]:
-    """What a run stores (and shows) of the job its attempt waits on; JSON-safe, and what the
-    next poll reads back with ``FalJob.from_dict``."""
-    where = {"status": pending.status, "queue_position": pending.queue_position}
-    return pending.job.as_dict() | where | {"submitted_at": submitted.isoformat()}
-
-
-def finished_job(job: dict[str, Any] | None, outcome: Outcome) -> dict[str, Any] | None:
-    """The job as its attempt keeps it: its handle, and how it ended."""
-    if job is None:
-        return None
-    ended = {k: v for k, v in job.items() if k not in ("next_poll_at", "queue_position")}
-    return ended | {"status": "COMPLETED" if isinstance(outcome, InferenceResult) else "FAILED"}
-
-
-def job_bound(claim: Claim, submitted: datetime) -> datetime:
-    """The latest a provider's job may end: the run's deadline, else ``MAX_JOB_S`` after its
-    submission."""
-    return claim.deadline_at or submitted + timedelta(seconds=MAX_JOB_S)
-
-
-def next_poll_at(claim: Claim, pending: FalPending, now: datetime | None = None) -> datetime | None:
-    """When to poll the job again: after the delay it asks for, never past its bound; None
-    once the bound has passed (the job is given up)."""
-    now = now or utcnow()
-    bound = job_bound(claim, submitted_at(claim.job) or now)
-    if now >= bound:
-        return None
-    return min(now + timedelta(seconds=pending.delay_s), bound)
-
 
 def _with_jobs(adapter: Adapter) -> FalAdapter:
     """The adapter of a provider whose jobs are polled (fal)."""
     if not isinstance(adapter, FalAdapter):
         raise TypeError(f"{type(adapter).__name__} has no jobs to poll or cancel")
     return adapter
-
-
-def _attempt(
-    claim: Claim,
-    outcome: Outcome,
-    started_at: datetime,
-    latency_ms: float,
-    job: dict[str, Any] | None = None,
-) -> Attempt:
-    hop = claim.hop
-    attempt = Attempt(
-        run_id=claim.run_id,
-        number=claim.attempt,
-        hop=claim.hop_index,
-        provider=hop.provider,
-        model=hop.model,
-        credential_kind=hop.credential_kind,
-        credential_name=hop.credential_name,
-        outcome="succeeded",
-        status_code=200,
-        latency_ms=latency_ms,
-        provider_job=job,
-        started_at=started_at,
-        finished_at=utcnow(),
-    )
-    if isinstance(outcome, ProviderError):
-        attempt.outcome = "failed"
-        attempt.status_code = outcome.status_code
-        attempt.error_class = outcome.error_class
-        attempt.message = outcome.message
-        attempt.retry_after_s = outcome.retry_after_s
-    else:
-        attempt.usage = outcome.usage.model_dump()
-    return attempt

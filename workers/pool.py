@@ -5,14 +5,17 @@ import threading
 
 import dramatiq
 import structlog
+from dramatiq.brokers.redis import RedisBroker
 
 from dispatcher import log as logging_setup
 from dispatcher.catalog import load_catalog
+from dispatcher.changes import ChangeListener, ConfigChanges
 from dispatcher.db import init_db, make_engine
 from dispatcher.queue import make_broker, queue_name
 from dispatcher.settings import Settings
 from dispatcher.vault import keyring_for
 from workers.actors import LogContext, declare_actors
+from workers.credentials import Credentials
 from workers.executor import HopExecutor
 from workers.providers import ADAPTERS
 from workers.runtime import Runtime
@@ -40,7 +43,8 @@ def run_pool(providers: list[str], settings: Settings) -> None:
     broker = make_broker(settings, settings.locate_redis(), middleware=[LogContext()])
     runtime = Runtime(settings.max_in_flight, settings.store_threads)
     adapters = {provider: ADAPTERS[provider](settings) for provider in providers}
-    executor = HopExecutor(settings, engine, broker, runtime, adapters, keyring_for(settings))
+    credentials, changes, listener = keep_credentials(settings, broker)
+    executor = HopExecutor(settings, engine, broker, runtime, adapters, credentials, changes)
     declare_actors(broker, executor, providers)
     worker = dramatiq.Worker(
         broker,
@@ -50,7 +54,9 @@ def run_pool(providers: list[str], settings: Settings) -> None:
     )
     housekeeper = Housekeeper(settings, engine, broker, runtime.held)
 
+    listener.start()
     runtime.start()
+    executor.writer.start()
     worker.start()
     housekeeper.start()
     log.info("worker pool started", providers=providers, max_in_flight=settings.max_in_flight)
@@ -63,12 +69,27 @@ def run_pool(providers: list[str], settings: Settings) -> None:
             "stopped with calls in flight; their leases will lapse and be swept",
             in_flight=runtime.in_flight,
         )
+    executor.writer.stop()
     housekeeper.stop()
     for adapter in adapters.values():
         runtime.call(adapter.aclose(), timeout=5)
     runtime.stop()
+    listener.stop()
     broker.close()
     engine.dispose()
+
+
+def keep_credentials(
+    settings: Settings, broker: RedisBroker
+) -> tuple[Credentials, ConfigChanges, ChangeListener]:
+    """The process's credentials, kept until their owner's configuration changes: the cache,
+    the announcer of the changes this process makes (it drops its own entries at once), and
+    the listener that drops the entries other processes announce changes to."""
+    credentials = Credentials(keyring_for(settings), settings.config_cache_s)
+    changes = ConfigChanges(broker.client, settings.redis_namespace)
+    changes.local = [credentials.cache]
+    listener = ChangeListener(broker.client, settings.redis_namespace, [credentials.cache])
+    return credentials, changes, listener
 
 
 def wait_for_signal() -> None:

@@ -15,7 +15,6 @@ import structlog
 from dramatiq.brokers.redis import RedisBroker
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
-from sqlmodel import Session
 
 from dispatcher.queue import enqueue_hop, enqueue_poll
 from dispatcher.settings import Settings
@@ -25,10 +24,8 @@ log = structlog.get_logger(__name__)
 
 
 def renew_once(engine: Engine, held: dict[str, str], lease_s: float) -> int:
-    with Session(engine) as session:
-        renewed = lifecycle.renew_leases(session, dict(held), lease_s)
-        session.commit()
-    return renewed
+    with engine.begin() as connection:
+        return lifecycle.renew_leases(connection, dict(held), lease_s)
 
 
 def sweep_once(
@@ -36,10 +33,9 @@ def sweep_once(
 ) -> int:
     """One sweep: hop messages for lapsed runs, poll messages for overdue jobs (their poll
     due for ``grace_s`` already). Returns how many runs were taken back."""
-    with Session(engine) as session:
-        taken = lifecycle.sweep(session, requeue_after_s)
-        polled = lifecycle.sweep_jobs(session, grace_s)
-        session.commit()
+    with engine.begin() as connection:
+        taken = lifecycle.sweep(connection, requeue_after_s)
+        polled = lifecycle.sweep_jobs(connection, grace_s)
     for run_id, hop_index, provider in taken:
         log.warning(
             "run taken back by the sweeper", run_id=run_id, hop=hop_index, provider=provider

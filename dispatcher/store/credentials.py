@@ -8,7 +8,7 @@ function here serves both. Secrets go in as a ``CredentialSecret`` and come out 
 from datetime import timedelta
 from typing import Any, NamedTuple
 
-from sqlalchemy import ColumnElement
+from sqlalchemy import ColumnElement, bindparam
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, col, func, select, update
 
@@ -197,14 +197,25 @@ def _touch(session: Session, row: Credential) -> None:
     )
 
 
+_CREDENTIALS = Credential.__table__  # type: ignore[attr-defined]
+#: Health changes run after every attempt on a tenant credential: one prebuilt statement.
+_SET_HEALTH = (
+    update(_CREDENTIALS)
+    .where(
+        _CREDENTIALS.c.owner_id == bindparam("owner"),
+        _CREDENTIALS.c.name == bindparam("credential"),
+        _CREDENTIALS.c.deleted_at.is_(None),
+        _CREDENTIALS.c.healthy == bindparam("was"),
+    )
+    .values(healthy=bindparam("now_healthy"), health_reason=bindparam("reason"))
+)
+
+
 def _set_health(
     session: Session, owner_id: str, name: str, healthy: bool, reason: str | None
 ) -> bool:
-    result = session.exec(
-        update(Credential)
-        .where(*_live_where(owner_id, name), col(Credential.healthy) == (not healthy))
-        .values(healthy=healthy, health_reason=reason)
-    )
+    params = {"owner": owner_id, "credential": name, "was": not healthy, "now_healthy": healthy}
+    result = session.connection().execute(_SET_HEALTH, params | {"reason": reason})
     return result.rowcount == 1
 
 

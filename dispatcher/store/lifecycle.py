@@ -17,17 +17,39 @@ as a hop again -- that would submit a second, paid job. Its lease is the time of
 poll plus a grace: ``claim_job`` takes it once the poll is due, the sweeper sends a poll
 message when the grace has passed too (a lost message, a dead poller), and a canceled run
 still holding a job gives it up once (``drop_canceled_job``) to be canceled at the provider.
+
+The workers' transitions run for every run, so they are prebuilt Core statements on a
+``Connection`` (no ORM unit of work, no statement built per call), and the two that every run
+takes come in batches: ``claim_runs`` takes many runs in one ``UPDATE ... RETURNING``, and
+``record`` writes many attempts' outcomes in one transaction. ``cancel``, the API's, runs on
+its ``Session``.
 """
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, Update, case, func, literal
-from sqlmodel import Session, and_, col, or_, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Table,
+    Update,
+    and_,
+    bindparam,
+    case,
+    func,
+    insert,
+    null,
+    or_,
+    select,
+    tuple_,
+    update,
+)
+from sqlmodel import Session
 
-from dispatcher.db import UTCDateTime, utcnow
+from dispatcher.db import utcnow
 from dispatcher.models import Attempt, Run, UsageEvent
 from schemas.hops import Hop
 from schemas.inference import Usage
@@ -36,10 +58,17 @@ from schemas.routing import DEFAULT_MAX_ATTEMPTS
 #: A poll message may arrive this much before its poll is due (clocks of other processes).
 POLL_EARLY_S = 0.5
 
+RUNS: Table = Run.__table__  # type: ignore[attr-defined]
+ATTEMPTS: Table = Attempt.__table__  # type: ignore[attr-defined]
+USAGE: Table = UsageEvent.__table__  # type: ignore[attr-defined]
+_RUN = RUNS.c
+
 
 @dataclass(frozen=True)
 class Claim:
-    """A worker's hold on one attempt of a run; ``token`` proves it when recording."""
+    """A worker's hold on one attempt of a run; ``token`` proves it when recording. The runs
+    claimed together share a token: each claim of a run gets a new one, which is all a
+    late or duplicate holder needs to be told apart."""
 
     run_id: str
     tenant_id: str
@@ -97,179 +126,236 @@ class Fail:
 Decision = Succeed | NextHop | Fail
 
 
-def claim_run(session: Session, run_id: str, hop_index: int, lease_s: float) -> Claim | None:
-    """Take a queued run (or one whose lease lapsed) at ``hop_index``; None if not ours to take."""
+@dataclass
+class AttemptRow:
+    """One attempt as its ``attempt`` row stores it (the ``Attempt`` table's columns)."""
+
+    run_id: str
+    number: int
+    hop: int
+    provider: str
+    model: str | None
+    credential_kind: str
+    credential_name: str | None
+    outcome: str
+    latency_ms: float
+    started_at: datetime
+    finished_at: datetime
+    status_code: int | None = None
+    error_class: str | None = None
+    message: str | None = None
+    retry_after_s: float | None = None
+    usage: dict[str, Any] | None = None
+    cost_usd: float = 0.0
+    #: The provider's job this attempt submitted and polled (fal: request id and URLs).
+    provider_job: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one attempt's end writes: its row, and where its run goes next."""
+
+    claim: Claim
+    attempt: AttemptRow
+    decision: Decision
+
+
+# -- claims ----------------------------------------------------------------------------------
+
+#: A claimed run's columns, in the order of ``Claim``'s fields (the token aside).
+_RETURNED = (
+    _RUN.id, _RUN.tenant_id, _RUN.app, _RUN.input, _RUN.chain, _RUN.hop_index,
+    _RUN.attempt_count, _RUN.created_at, _RUN.policy, _RUN.max_attempts, _RUN.deadline_at,
+    _RUN.pending_job,
+)  # fmt: skip
+_AT_HOPS = tuple_(_RUN.id, _RUN.hop_index).in_(bindparam("keys", expanding=True))
+_NOW = bindparam("now", type_=_RUN.lease_expires_at.type)
+_LEASE = bindparam("lease", type_=_RUN.lease_expires_at.type)
+_CLAIM = (
+    update(RUNS)
+    .where(
+        _AT_HOPS,
+        or_(_RUN.status == "queued", and_(_RUN.status == "running", _RUN.lease_expires_at < _NOW)),
+        _RUN.pending_job.is_(None),
+    )
+    .values(
+        status="running",
+        lease_expires_at=_LEASE,
+        attempt_count=_RUN.attempt_count + 1,
+        started_at=func.coalesce(_RUN.started_at, _NOW),
+        claim_token=bindparam("token"),
+    )
+    .returning(*_RETURNED)
+)
+_CLAIM_JOB = (
+    update(RUNS)
+    .where(
+        _AT_HOPS,
+        _RUN.status == "running",
+        _RUN.pending_job.is_not(None),
+        or_(
+            and_(
+                _RUN.claim_token.is_(None),
+                _RUN.lease_expires_at <= bindparam("due", type_=_NOW.type),
+            ),
+            _RUN.lease_expires_at < _NOW,
+        ),
+    )
+    .values(lease_expires_at=_LEASE, claim_token=bindparam("token"))
+    .returning(*_RETURNED)
+)
+
+
+def claim_runs(
+    connection: Connection, keys: Sequence[tuple[str, int]], lease_s: float
+) -> list[Claim]:
+    """Take the queued runs (or those whose lease lapsed) among ``keys`` (run id, hop index),
+    each at its hop, in one statement; a key not ours to take (claimed, ended, at another hop,
+    parked) is left out of the answer."""
+    if not keys:
+        return []
     now = utcnow()
-    claimable = or_(
-        col(Run.status) == "queued",
-        and_(col(Run.status) == "running", col(Run.lease_expires_at) < now),
-    )
-    return _take(
-        session,
-        run_id,
-        hop_index,
-        (claimable, col(Run.pending_job).is_(None)),
-        {
-            "status": "running",
-            "lease_expires_at": now + timedelta(seconds=lease_s),
-            "attempt_count": col(Run.attempt_count) + 1,
-            "started_at": func.coalesce(col(Run.started_at), literal(now, UTCDateTime())),
-        },
-    )
+    lease = now + timedelta(seconds=lease_s)
+    return _take(connection, _CLAIM, {"keys": list(keys), "now": now, "lease": lease})
 
 
 def claim_job(
-    session: Session, run_id: str, hop_index: int, lease_s: float, grace_s: float
+    connection: Connection, run_id: str, hop_index: int, lease_s: float, grace_s: float
 ) -> Claim | None:
     """Take a parked run at ``hop_index`` to poll its job once: when the poll is due (``park``
     set the lease to its time plus ``grace_s``), or when its poller's lease lapsed. The claim
     carries the job and the attempt the job belongs to; None if not ours to take (an early
     duplicate message, a poll in flight, the run moved on or ended)."""
     now = utcnow()
-    due = or_(
-        and_(
-            col(Run.claim_token).is_(None),
-            col(Run.lease_expires_at) <= now + timedelta(seconds=grace_s + POLL_EARLY_S),
-        ),
-        col(Run.lease_expires_at) < now,
-    )
-    parked = (col(Run.status) == "running", col(Run.pending_job).is_not(None), due)
-    return _take(
-        session, run_id, hop_index, parked, {"lease_expires_at": now + timedelta(seconds=lease_s)}
-    )
+    params = {
+        "keys": [(run_id, hop_index)],
+        "now": now,
+        "due": now + timedelta(seconds=grace_s + POLL_EARLY_S),
+        "lease": now + timedelta(seconds=lease_s),
+    }
+    taken = _take(connection, _CLAIM_JOB, params)
+    return taken[0] if taken else None
 
 
-def _take(
-    session: Session,
-    run_id: str,
-    hop_index: int,
-    where: tuple[ColumnElement[bool], ...],
-    values: dict[str, Any],
-) -> Claim | None:
-    """A claim on the run at ``hop_index``, if it matches ``where``; ``values`` are written."""
+def _take(connection: Connection, statement: Update, params: dict[str, Any]) -> list[Claim]:
     token = uuid.uuid4().hex
-    row = session.exec(
-        update(Run)
-        .where(col(Run.id) == run_id, col(Run.hop_index) == hop_index, *where)
-        .values(**values, claim_token=token)
-        .returning(
-            col(Run.tenant_id),
-            col(Run.app),
-            col(Run.input),
-            col(Run.chain),
-            col(Run.attempt_count),
-            col(Run.created_at),
-            col(Run.policy),
-            col(Run.max_attempts),
-            col(Run.deadline_at),
-            col(Run.pending_job),
-        )
-    ).first()
-    if row is None:
-        return None
-    tenant_id, app, input_, chain, attempt, created_at, policy, max_attempts, deadline, job = row
-    return Claim(
-        run_id=run_id,
-        tenant_id=tenant_id,
-        app=app,
-        input=input_,
-        chain=[Hop.model_validate(hop) for hop in chain],
-        hop_index=hop_index,
-        attempt=attempt,
-        token=token,
-        created_at=created_at,
-        policy=policy,
-        max_attempts=max_attempts,
-        deadline_at=deadline,
-        job=job,
+    rows = connection.execute(statement, params | {"token": token}).all()
+    return [_claim(row, token) for row in rows]
+
+
+def _claim(row: Any, token: str) -> Claim:
+    """A claim from a returned row. The chain was validated when the run was routed, so its
+    hops are built without validating them again."""
+    run_id, tenant_id, app, input_, chain, hop_index, attempt, created_at, *rest = row
+    hops = [Hop.model_construct(**hop) for hop in chain]
+    return Claim(run_id, tenant_id, app, input_, hops, hop_index, attempt, token, created_at, *rest)
+
+
+# -- outcomes --------------------------------------------------------------------------------
+
+
+def _bind(name: str) -> Any:
+    return bindparam(name, type_=_RUN[name].type)
+
+
+_HELD = and_(
+    _RUN.id == bindparam("run_id"),
+    _RUN.claim_token == bindparam("token"),
+    _RUN.status == "running",
+)
+#: Every move off a claim lets the claim go; ``given_back`` returns the attempt (a release).
+_LET_GO = {
+    "claim_token": null(),
+    "pending_job": null(),
+    "attempt_count": _RUN.attempt_count - bindparam("given_back"),
+}
+_ENDED = {"finished_at": _bind("finished_at"), "lease_expires_at": null()}
+_MOVES: dict[type, Update] = {
+    Succeed: update(RUNS).where(_HELD).values(
+        **_LET_GO, **_ENDED, status="succeeded",
+        **{name: _bind(name) for name in ("output", "usage", "provider", "model")},
+        **{name: _bind(name) for name in ("credential_kind", "credential_name")},
+    ),
+    NextHop: update(RUNS).where(_HELD).values(
+        **_LET_GO, status="queued", hop_index=_bind("hop_index"),
+        lease_expires_at=_bind("lease_expires_at"),
+    ),
+    Fail: update(RUNS).where(_HELD).values(
+        **_LET_GO, **_ENDED, status="failed", error=_bind("error")
+    ),
+}  # fmt: skip
+_INSERT_ATTEMPTS = insert(ATTEMPTS).returning(ATTEMPTS.c.id, sort_by_parameter_order=True)
+_INSERT_USAGE = insert(USAGE)
+
+
+_MARK = (
+    update(RUNS)
+    .where(
+        tuple_(_RUN.id, _RUN.claim_token).in_(bindparam("claims", expanding=True)),
+        _RUN.status == "running",
     )
+    .values(claim_token=_RUN.claim_token.concat(bindparam("mark")))
+    .returning(_RUN.id, _RUN.claim_token)
+)
 
 
 def record(
-    session: Session, claim: Claim, attempt: Attempt, decision: Decision, *, requeue_after_s: float
-) -> bool:
-    """Write one attempt, its usage event, and the run's next state, if the claim still holds.
+    connection: Connection, outcomes: Sequence[Outcome], *, requeue_after_s: float
+) -> list[bool]:
+    """Write each outcome whose claim still holds: its attempt, its usage event, and the run's
+    next state. One answer per outcome: False (and nothing written for it) when the lease was
+    lost to another worker or the run ended.
 
-    False (and nothing written) when the lease was lost to another worker or the run ended.
+    A handful of statements whatever the number of outcomes: one marks the runs whose claims
+    hold (their tokens get a suffix, so the transaction's own writes are all that can match
+    them now), then one statement per kind of move, one for the attempts and one for their
+    usage events, each executed for many rows at once.
     """
-    result = session.exec(
-        _held(claim).values(**_next_state(decision, claim, utcnow(), requeue_after_s))
-    )
-    if result.rowcount != 1:
-        return False
-    session.add(attempt)
-    session.flush()
-    assert attempt.id is not None
-    session.add(_usage_event(claim, attempt))
-    return True
+    if not outcomes:
+        return []
+    now, mark = utcnow(), "." + uuid.uuid4().hex
+    claims = [(o.claim.run_id, o.claim.token) for o in outcomes]
+    rows = connection.execute(_MARK, {"claims": claims, "mark": mark})
+    marked = {(run_id, token) for run_id, token in rows}
+    held = [(o.claim.run_id, o.claim.token + mark) in marked for o in outcomes]
+    written = [o for o, ok in zip(outcomes, held, strict=True) if ok]
+    if not written:
+        return held
+    for kind, statement in _MOVES.items():
+        moves = [
+            _next_state(o.decision, o.claim, now, requeue_after_s)
+            | {"run_id": o.claim.run_id, "token": o.claim.token + mark, "given_back": 0}
+            for o in written
+            if isinstance(o.decision, kind)
+        ]
+        if moves:
+            connection.execute(statement, moves)
+    ids = connection.execute(_INSERT_ATTEMPTS, [vars(o.attempt) for o in written]).scalars()
+    usage = [_usage_event(o, attempt_id, now) for o, attempt_id in zip(written, ids, strict=True)]
+    connection.execute(_INSERT_USAGE, usage)
+    return held
 
 
 def release(
-    session: Session, claim: Claim, decision: NextHop | Fail, *, requeue_after_s: float
+    connection: Connection, claim: Claim, decision: NextHop | Fail, *, requeue_after_s: float
 ) -> bool:
     """End a claim that made no attempt (its hop was cooling down): the run moves on as
     ``decision`` says and gets its attempt back; no attempt row, no usage event.
 
     False (and nothing written) when the claim no longer holds.
     """
-    state = _next_state(decision, claim, utcnow(), requeue_after_s)
-    result = session.exec(_held(claim).values(**state, attempt_count=col(Run.attempt_count) - 1))
-    return result.rowcount == 1
-
-
-def park(
-    session: Session, claim: Claim, job: dict[str, Any], poll_at: datetime, grace_s: float
-) -> bool:
-    """The attempt waits on ``job`` at its provider: store the job on the run and let the claim
-    go (the run stays ``running``) until its poll at ``poll_at``; nothing is recorded yet.
-
-    False (and nothing written) when the claim no longer holds.
-    """
-    lease = poll_at + timedelta(seconds=grace_s)
-    result = session.exec(
-        _held(claim).values(pending_job=job, claim_token=None, lease_expires_at=lease)
-    )
-    return result.rowcount == 1
-
-
-def drop_canceled_job(session: Session, run_id: str) -> CanceledJob | None:
-    """A canceled run's provider job, taken off the run once: only one caller gets it (and
-    cancels it at the provider). None when the run is not canceled or holds no job."""
-    holding = (
-        col(Run.id) == run_id,
-        col(Run.status) == "canceled",
-        col(Run.pending_job).is_not(None),
-    )
-    row = session.exec(
-        select(Run.tenant_id, Run.chain, Run.hop_index, Run.pending_job).where(*holding)
-    ).first()
-    if row is None:
-        return None
-    result = session.exec(update(Run).where(*holding).values(pending_job=None))
-    if result.rowcount != 1:
-        return None
-    tenant_id, chain, hop_index, job = row
-    return CanceledJob(run_id, tenant_id, Hop.model_validate(chain[hop_index]), dict(job or {}))
-
-
-def _held(claim: Claim) -> Update:
-    """An update of the run, applying only while ``claim`` still holds it."""
-    return (
-        update(Run)
-        .where(col(Run.id) == claim.run_id, col(Run.claim_token) == claim.token)
-        .where(col(Run.status) == "running")
-    )
+    params = _next_state(decision, claim, utcnow(), requeue_after_s)
+    params |= {"run_id": claim.run_id, "token": claim.token, "given_back": 1}
+    return connection.execute(_MOVES[type(decision)], params).rowcount == 1
 
 
 def _next_state(
     decision: Decision, claim: Claim, now: datetime, requeue_after_s: float
 ) -> dict[str, Any]:
-    released: dict[str, Any] = {"claim_token": None, "pending_job": None}
     match decision:
         case Succeed(output=output, usage=usage):
             hop = claim.hop
-            return released | {
-                "status": "succeeded",
+            return {
                 "output": output,
                 "usage": usage.model_dump(),
                 "provider": hop.provider,
@@ -277,45 +363,78 @@ def _next_state(
                 "credential_kind": hop.credential_kind,
                 "credential_name": hop.credential_name,
                 "finished_at": now,
-                "lease_expires_at": None,
             }
         case NextHop(hop=hop_index, delay_s=delay_s):
-            return released | {
-                "status": "queued",
-                "hop_index": hop_index,
-                # If the message is lost, the sweeper sends it again after this.
-                "lease_expires_at": now + timedelta(seconds=delay_s + requeue_after_s),
-            }
+            # If the message is lost, the sweeper sends it again after this.
+            lease = now + timedelta(seconds=delay_s + requeue_after_s)
+            return {"hop_index": hop_index, "lease_expires_at": lease}
         case Fail(code=code, message=message, status_code=status_code):
             error = {"code": code, "message": message, "provider": claim.hop.provider}
-            return released | {
-                "status": "failed",
-                "error": error | {"status_code": status_code},
-                "finished_at": now,
-                "lease_expires_at": None,
-            }
+            return {"error": error | {"status_code": status_code}, "finished_at": now}
     raise TypeError(decision)
 
 
-def _usage_event(claim: Claim, attempt: Attempt) -> UsageEvent:
-    usage = Usage.model_validate(attempt.usage or {})
-    assert attempt.id is not None
-    return UsageEvent(
-        attempt_id=attempt.id,
-        tenant_id=claim.tenant_id,
-        run_id=claim.run_id,
-        app=claim.app,
-        provider=attempt.provider,
-        model=attempt.model,
-        credential_kind=attempt.credential_kind,
-        input_tokens=usage.input_tokens,
-        output_tokens=usage.output_tokens,
-        units=usage.units,
-        latency_ms=attempt.latency_ms,
-        outcome=attempt.outcome,
-        cost_usd=attempt.cost_usd,
-        billed_to="tenant_cloud" if attempt.credential_kind == "byok" else "platform",
-    )
+def _usage_event(outcome: Outcome, attempt_id: int, now: datetime) -> dict[str, Any]:
+    attempt = outcome.attempt
+    usage = attempt.usage or {}
+    return {
+        "attempt_id": attempt_id,
+        "tenant_id": outcome.claim.tenant_id,
+        "run_id": attempt.run_id,
+        "app": outcome.claim.app,
+        "provider": attempt.provider,
+        "model": attempt.model,
+        "credential_kind": attempt.credential_kind,
+        "input_tokens": usage.get("input_tokens") or 0,
+        "output_tokens": usage.get("output_tokens") or 0,
+        "units": usage.get("units") or 0,
+        "latency_ms": attempt.latency_ms,
+        "outcome": attempt.outcome,
+        "cost_usd": attempt.cost_usd,
+        "billed_to": "tenant_cloud" if attempt.credential_kind == "byok" else "platform",
+        "created_at": now,
+    }
+
+
+# -- provider jobs ---------------------------------------------------------------------------
+
+_PARK = (
+    update(RUNS)
+    .where(_HELD)
+    .values(pending_job=_bind("pending_job"), claim_token=null(), lease_expires_at=_LEASE)
+)
+
+
+def park(
+    connection: Connection, claim: Claim, job: dict[str, Any], poll_at: datetime, grace_s: float
+) -> bool:
+    """The attempt waits on ``job`` at its provider: store the job on the run and let the claim
+    go (the run stays ``running``) until its poll at ``poll_at``; nothing is recorded yet.
+
+    False (and nothing written) when the claim no longer holds.
+    """
+    params = {"run_id": claim.run_id, "token": claim.token, "pending_job": job}
+    lease = poll_at + timedelta(seconds=grace_s)
+    return connection.execute(_PARK, params | {"lease": lease}).rowcount == 1
+
+
+def drop_canceled_job(connection: Connection, run_id: str) -> CanceledJob | None:
+    """A canceled run's provider job, taken off the run once: only one caller gets it (and
+    cancels it at the provider). None when the run is not canceled or holds no job."""
+    holding = (_RUN.id == run_id, _RUN.status == "canceled", _RUN.pending_job.is_not(None))
+    row = connection.execute(
+        select(_RUN.tenant_id, _RUN.chain, _RUN.hop_index, _RUN.pending_job).where(*holding)
+    ).first()
+    if row is None:
+        return None
+    dropped = connection.execute(update(RUNS).where(*holding).values(pending_job=null()))
+    if dropped.rowcount != 1:
+        return None
+    tenant_id, chain, hop_index, job = row
+    return CanceledJob(run_id, tenant_id, Hop.model_validate(chain[hop_index]), dict(job or {}))
+
+
+# -- the API's cancel, and the sweeper -------------------------------------------------------
 
 
 def cancel(
@@ -328,77 +447,79 @@ def cancel(
     comes for it, the sweeper sends one after ``grace_s``."""
     now = utcnow()
     job_kept = now + timedelta(seconds=grace_s)
-    result = session.exec(
-        update(Run)
-        .where(col(Run.id) == run_id, col(Run.tenant_id) == tenant_id)
-        .where(col(Run.status).in_(("queued", "running")))
+    this_run = (_RUN.id == run_id, _RUN.tenant_id == tenant_id)
+    result = session.connection().execute(
+        update(RUNS)
+        .where(*this_run, _RUN.status.in_(("queued", "running")))
         .values(
             status="canceled",
-            claim_token=None,
-            lease_expires_at=case((col(Run.pending_job).is_(None), None), else_=job_kept),
+            claim_token=null(),
+            lease_expires_at=case((_RUN.pending_job.is_(None), null()), else_=job_kept),
             finished_at=now,
             error={"code": "canceled", "message": "canceled by request"},
         )
     )
     if result.rowcount == 1:
         return "canceled", True
-    status = session.exec(
-        select(Run.status).where(col(Run.id) == run_id, col(Run.tenant_id) == tenant_id)
-    ).first()
+    status = session.connection().execute(select(_RUN.status).where(*this_run)).scalar()
     return status, False
 
 
-def renew_leases(session: Session, tokens: dict[str, str], lease_s: float) -> int:
+def renew_leases(connection: Connection, tokens: dict[str, str], lease_s: float) -> int:
     """Extend the leases of the runs a live worker holds (run id -> claim token)."""
     if not tokens:
         return 0
-    result = session.exec(
-        update(Run)
-        .where(col(Run.id).in_(list(tokens)), col(Run.claim_token).in_(list(tokens.values())))
+    result = connection.execute(
+        update(RUNS)
+        .where(tuple_(_RUN.id, _RUN.claim_token).in_(list(tokens.items())))
         .values(lease_expires_at=utcnow() + timedelta(seconds=lease_s))
     )
     return result.rowcount
 
 
-def sweep(session: Session, requeue_after_s: float, limit: int = 500) -> list[tuple[str, int, str]]:
+def sweep(
+    connection: Connection, requeue_after_s: float, limit: int = 500
+) -> list[tuple[str, int, str]]:
     """Take back runs whose lease lapsed (dead worker) or whose message was lost.
 
     Returns (run id, hop index, provider) for each run this call took; the caller enqueues
     them. Each take is itself conditional, so concurrent sweepers never both take a run.
     Parked runs are ``sweep_jobs``'s.
     """
-    stale = (col(Run.status).in_(("queued", "running")), col(Run.pending_job).is_(None))
-    requeued = {"status": "queued", "claim_token": None}
-    return _sweep(session, stale, requeued, requeue_after_s, limit)
+    stale = (_RUN.status.in_(("queued", "running")), _RUN.pending_job.is_(None))
+    requeued = {"status": "queued", "claim_token": null()}
+    return _sweep(connection, stale, requeued, requeue_after_s, limit)
 
 
-def sweep_jobs(session: Session, grace_s: float, limit: int = 500) -> list[tuple[str, int, str]]:
+def sweep_jobs(
+    connection: Connection, grace_s: float, limit: int = 500
+) -> list[tuple[str, int, str]]:
     """Take back parked runs whose poll is overdue (a lost message, a dead poller), and
     canceled runs whose job was not given up yet: (run id, hop index, provider) for each, to
     send a poll message to (never a hop message: that would submit the job again). A taken
     run's poll is due at once; if that message is lost too, the next sweep after ``grace_s``
     takes it again."""
-    stale = (col(Run.status).in_(("running", "canceled")), col(Run.pending_job).is_not(None))
-    return _sweep(session, stale, {"claim_token": None}, grace_s, limit)
+    stale = (_RUN.status.in_(("running", "canceled")), _RUN.pending_job.is_not(None))
+    return _sweep(connection, stale, {"claim_token": null()}, grace_s, limit)
 
 
 def _sweep(
-    session: Session,
+    connection: Connection,
     stale: tuple[ColumnElement[bool], ...],
     values: dict[str, Any],
     lease_s: float,
     limit: int,
 ) -> list[tuple[str, int, str]]:
     now = utcnow()
-    lapsed = col(Run.lease_expires_at) < now
-    found = session.exec(
-        select(Run.id, Run.status, Run.hop_index, Run.chain).where(*stale, lapsed).limit(limit)
+    lapsed = _RUN.lease_expires_at < now
+    found = connection.execute(
+        select(_RUN.id, _RUN.status, _RUN.hop_index, _RUN.chain).where(*stale, lapsed).limit(limit)
     ).all()
     taken = []
     for run_id, status, hop_index, chain in found:
-        result = session.exec(
-            update(Run)
-            .where(col(Run.id) == run_id, col(Run.status) == status, lapsed, *stale)
+        result = connection.execute(
+            update(RUNS)
+            .where(_RUN.id == run_id, _RUN.status == status, lapsed, *stale)
             .values(**values, lease_expires_at=now + timedelta(seconds=lease_s))
         )
         if result.rowcount == 1:

@@ -203,10 +203,8 @@ def test_a_run_records_the_version_policy_and_bounds_it_was_routed_with(
         {"provider": "simulated", "credential": "shared", "model": "echo", "timeout_s": 60},
     ]
     assert (_queued(services, "openai"), _queued(services, "simulated")) == (1, 0)
-    with Session(services.engine) as session:
-        claim = lifecycle.claim_run(session, run.id, 0, lease_s=30)
-        session.commit()
-    assert claim is not None
+    with services.engine.begin() as connection:
+        [claim] = lifecycle.claim_runs(connection, [(run.id, 0)], lease_s=30)
     assert (claim.policy, claim.max_attempts, claim.deadline_at) == (
         "byok_first",
         3,
@@ -405,6 +403,7 @@ def test_explain_says_why_hops_are_skipped_by_policy_or_credential(
     with Session(services.engine) as session:
         mark_unhealthy(session, tenant_id, "oa", "401 from provider")
         session.commit()
+    services.changes.announce(tenant_id)  # as the worker that marks it unhealthy does
     unhealthy = _explain(api, auth, EXPLAIN_GPT)
     [skipped] = unhealthy["skipped"]
     assert skipped["code"] == "no_credential" and "'oa'" in skipped["reason"]

@@ -10,7 +10,7 @@ from sqlmodel import Session, col, func, select
 from dispatcher.db import utcnow
 from dispatcher.models import Attempt, UsageEvent
 from dispatcher.store import lifecycle, runs, tenants
-from dispatcher.store.lifecycle import Claim, Fail, NextHop, Succeed
+from dispatcher.store.lifecycle import AttemptRow, Claim, Fail, NextHop, Outcome, Succeed
 from schemas.hops import Hop
 from schemas.inference import Usage
 
@@ -39,17 +39,18 @@ def _new_run(engine: Engine, tenant_id: str, requeue_after_s: float = 600) -> st
 
 
 def _claim(engine: Engine, run_id: str, hop: int = 0, lease_s: float = 30) -> Claim | None:
-    with Session(engine) as session:
-        claim = lifecycle.claim_run(session, run_id, hop, lease_s)
-        session.commit()
-        return claim
+    with engine.begin() as connection:
+        claims = lifecycle.claim_runs(connection, [(run_id, hop)], lease_s)
+    assert len(claims) <= 1
+    return claims[0] if claims else None
 
 
-def _attempt(claim: Claim, outcome: str = "succeeded") -> Attempt:
+def _attempt(claim: Claim, outcome: str = "succeeded") -> AttemptRow:
     now = utcnow()
-    return Attempt(
+    return AttemptRow(
         run_id=claim.run_id, number=claim.attempt, hop=claim.hop_index, provider=claim.hop.provider,
-        credential_kind=claim.hop.credential_kind, outcome=outcome, latency_ms=1.0,
+        model=claim.hop.model, credential_kind=claim.hop.credential_kind,
+        credential_name=claim.hop.credential_name, outcome=outcome, latency_ms=1.0,
         usage={"input_tokens": 3, "output_tokens": 4}, started_at=now, finished_at=now,
     )  # fmt: skip
 
@@ -57,12 +58,11 @@ def _attempt(claim: Claim, outcome: str = "succeeded") -> Attempt:
 def _record(
     engine: Engine, claim: Claim, decision: lifecycle.Decision, outcome: str = "succeeded"
 ) -> bool:
-    with Session(engine) as session:
+    with engine.begin() as connection:
         done = lifecycle.record(
-            session, claim, _attempt(claim, outcome), decision, requeue_after_s=600
+            connection, [Outcome(claim, _attempt(claim, outcome), decision)], requeue_after_s=600
         )
-        session.commit()
-        return done
+    return done == [True]
 
 
 def _count(engine: Engine, model: type, run_id: str) -> int:
@@ -156,12 +156,11 @@ def test_the_sweeper_takes_back_lapsed_and_lost_runs_once(engine: Engine, tenant
     fine = _new_run(engine, tenant_id)
     assert _claim(engine, fine) is not None
     time.sleep(0.1)
-    with Session(engine) as session:
-        taken = lifecycle.sweep(session, requeue_after_s=600)
-        session.commit()
+    with engine.begin() as connection:
+        taken = lifecycle.sweep(connection, requeue_after_s=600)
     assert sorted(taken) == sorted([(lapsed, 0, "simulated"), (lost, 0, "simulated")])
-    with Session(engine) as session:
-        assert lifecycle.sweep(session, requeue_after_s=600) == []
+    with engine.begin() as connection:
+        assert lifecycle.sweep(connection, requeue_after_s=600) == []
     assert _claim(engine, lapsed) is not None
 
 
@@ -169,17 +168,19 @@ def test_renewing_a_lease_keeps_the_run_from_the_sweeper(engine: Engine, tenant_
     run_id = _new_run(engine, tenant_id)
     claim = _claim(engine, run_id, lease_s=0.2)
     assert claim is not None
-    with Session(engine) as session:
-        assert lifecycle.renew_leases(session, {run_id: claim.token}, lease_s=30) == 1
-        assert lifecycle.renew_leases(session, {run_id: "not-the-token"}, lease_s=30) == 0
-        session.commit()
+    with engine.begin() as connection:
+        assert lifecycle.renew_leases(connection, {run_id: claim.token}, lease_s=30) == 1
+        assert lifecycle.renew_leases(connection, {run_id: "not-the-token"}, lease_s=30) == 0
     time.sleep(0.3)
-    with Session(engine) as session:
-        assert lifecycle.sweep(session, requeue_after_s=600) == []
+    with engine.begin() as connection:
+        assert lifecycle.sweep(connection, requeue_after_s=600) == []
 
 
 def test_runs_list_newest_first_with_a_cursor_and_filters(engine: Engine, tenant_id: str) -> None:
-    ids = [_new_run(engine, tenant_id) for _ in range(5)]
+    ids = []
+    for _ in range(5):
+        ids.append(_new_run(engine, tenant_id))
+        time.sleep(0.002)  # ids order by their millisecond; within one, at random
     with Session(engine) as session:
         first = runs.list_runs(session, tenant_id, limit=2)
         rest = runs.list_runs(session, tenant_id, limit=10, cursor=first[-1].id)
@@ -224,20 +225,16 @@ JOB = {"app": "fal-ai/flux/schnell", "request_id": "req-1", "status": "IN_QUEUE"
 
 
 def _park(engine: Engine, claim: Claim, poll_in_s: float, grace_s: float = 30) -> bool:
-    with Session(engine) as session:
+    with engine.begin() as connection:
         poll_at = utcnow() + timedelta(seconds=poll_in_s)
-        parked = lifecycle.park(session, claim, JOB, poll_at, grace_s=grace_s)
-        session.commit()
-        return parked
+        return lifecycle.park(connection, claim, JOB, poll_at, grace_s=grace_s)
 
 
 def _claim_job(
     engine: Engine, run_id: str, lease_s: float = 30, grace_s: float = 30
 ) -> Claim | None:
-    with Session(engine) as session:
-        claim = lifecycle.claim_job(session, run_id, 0, lease_s, grace_s=grace_s)
-        session.commit()
-        return claim
+    with engine.begin() as connection:
+        return lifecycle.claim_job(connection, run_id, 0, lease_s, grace_s=grace_s)
 
 
 def _parked_run(engine: Engine, tenant_id: str, poll_in_s: float, grace_s: float = 30) -> str:
@@ -257,10 +254,8 @@ def _cancel(
 
 
 def _sweep_jobs(engine: Engine, grace_s: float = 30) -> list[tuple[str, int, str]]:
-    with Session(engine) as session:
-        taken = lifecycle.sweep_jobs(session, grace_s)
-        session.commit()
-        return taken
+    with engine.begin() as connection:
+        return lifecycle.sweep_jobs(connection, grace_s)
 
 
 def test_a_parked_run_is_never_claimed_or_swept_as_a_hop_again(
@@ -272,8 +267,9 @@ def test_a_parked_run_is_never_claimed_or_swept_as_a_hop_again(
     assert claim is not None and _park(engine, claim, poll_in_s=0.0, grace_s=0.05)
     time.sleep(0.1)
     assert _claim(engine, run_id) is None
+    with engine.begin() as connection:
+        assert lifecycle.sweep(connection, requeue_after_s=600) == []
     with Session(engine) as session:
-        assert lifecycle.sweep(session, requeue_after_s=600) == []
         run = runs.get_run(session, tenant_id, run_id)
         assert run is not None and (run.status, run.claim_token, run.pending_job) == (
             "running", None, JOB,
@@ -315,8 +311,8 @@ def test_a_dead_pollers_job_is_polled_again_and_its_late_answer_records_nothing(
     time.sleep(0.1)
     alive = _claim_job(engine, run_id)
     assert alive is not None and alive.token != dead.token
-    with Session(engine) as session:
-        assert not lifecycle.park(session, dead, JOB, utcnow(), grace_s=30)
+    with engine.begin() as connection:
+        assert not lifecycle.park(connection, dead, JOB, utcnow(), grace_s=30)
     assert not _record(engine, dead, Succeed({}, Usage()))
     assert _record(engine, alive, Succeed({}, Usage()))
 
@@ -338,10 +334,9 @@ def test_a_canceled_parked_run_gives_up_its_job_once_and_is_never_polled(
     time.sleep(0.1)
     # The cancel's poll message was lost: the sweeper sends one.
     assert _sweep_jobs(engine) == [(run_id, 0, "simulated")]
-    with Session(engine) as session:
-        dropped = lifecycle.drop_canceled_job(session, run_id)
-        assert lifecycle.drop_canceled_job(session, run_id) is None
-        session.commit()
+    with engine.begin() as connection:
+        dropped = lifecycle.drop_canceled_job(connection, run_id)
+        assert lifecycle.drop_canceled_job(connection, run_id) is None
     assert dropped is not None
     assert (dropped.tenant_id, dropped.hop.provider, dropped.job) == (tenant_id, "simulated", JOB)
     assert _sweep_jobs(engine, grace_s=0) == []
@@ -354,5 +349,115 @@ def test_a_run_canceled_while_its_job_was_submitted_cannot_park_it(
     claim = _claim(engine, run_id)
     assert claim is not None and _cancel(engine, tenant_id, run_id) == ("canceled", True)
     assert not _park(engine, claim, poll_in_s=2)
+    with engine.begin() as connection:
+        assert lifecycle.drop_canceled_job(connection, run_id) is None
+
+
+# -- batches: many claims in one statement, many outcomes in one transaction -------------------
+
+
+def _record_all(engine: Engine, outcomes: list[Outcome]) -> list[bool]:
+    with engine.begin() as connection:
+        return lifecycle.record(connection, outcomes, requeue_after_s=600)
+
+
+def _status(engine: Engine, tenant_id: str, run_id: str) -> tuple[str, int]:
     with Session(engine) as session:
-        assert lifecycle.drop_canceled_job(session, run_id) is None
+        run = runs.get_run(session, tenant_id, run_id)
+        assert run is not None
+        return run.status, run.hop_index
+
+
+def test_a_batch_claims_each_run_once_at_its_own_hop(engine: Engine, tenant_id: str) -> None:
+    first, second, moved = (_new_run(engine, tenant_id) for _ in range(3))
+    claim = _claim(engine, moved)
+    assert claim is not None and _record(engine, claim, NextHop(1, "openai"), outcome="failed")
+    keys = [(first, 0), (second, 0), (moved, 0), (moved, 1), (first, 0), ("run_none", 0)]
+    with engine.begin() as connection:
+        claims = lifecycle.claim_runs(connection, keys, lease_s=30)
+    assert sorted((c.run_id, c.hop_index, c.attempt) for c in claims) == sorted(
+        [(first, 0, 1), (second, 0, 1), (moved, 1, 2)]
+    )
+    assert claims[0].input == {"prompt": "x"} and claims[0].chain == CHAIN
+    with engine.begin() as connection:
+        assert lifecycle.claim_runs(connection, keys, lease_s=30) == []
+
+
+def test_a_batch_records_only_the_outcomes_whose_claims_still_hold(
+    engine: Engine, tenant_id: str
+) -> None:
+    done, lost, canceled = (_new_run(engine, tenant_id) for _ in range(3))
+    claims = {run_id: _claim(engine, run_id, lease_s=0.05) for run_id in (done, lost, canceled)}
+    time.sleep(0.1)
+    fresh = _claim(engine, lost)  # the lease lapsed and another worker took the run
+    assert fresh is not None and _cancel(engine, tenant_id, canceled) == ("canceled", True)
+    outcomes = [
+        Outcome(claim, _attempt(claim), Succeed({"text": "x"}, Usage(output_tokens=4)))
+        for claim in claims.values()
+        if claim is not None
+    ]
+    assert _record_all(engine, outcomes) == [True, False, False]
+    assert [_count(engine, Attempt, r) for r in (done, lost, canceled)] == [1, 0, 0]
+    assert [_count(engine, UsageEvent, r) for r in (done, lost, canceled)] == [1, 0, 0]
+    assert _record(engine, fresh, Succeed({"text": "y"}, Usage()))
+    assert _record_all(engine, outcomes) == [False, False, False]
+
+
+def test_a_stale_and_a_live_claim_of_one_run_in_one_batch_record_the_live_one(
+    engine: Engine, tenant_id: str
+) -> None:
+    run_id = _new_run(engine, tenant_id)
+    stale = _claim(engine, run_id, lease_s=0.05)
+    time.sleep(0.1)
+    live = _claim(engine, run_id)
+    assert stale is not None and live is not None
+    outcomes = [
+        Outcome(stale, _attempt(stale), Succeed({"text": "late"}, Usage())),
+        Outcome(live, _attempt(live), Succeed({"text": "on time"}, Usage())),
+    ]
+    assert _record_all(engine, outcomes) == [False, True]
+    with Session(engine) as session:
+        run = runs.get_run(session, tenant_id, run_id)
+        assert run is not None and run.output == {"text": "on time"}
+        attempts = runs.attempts_of(session, [run_id])[run_id]
+        assert [a.number for a in attempts] == [2]
+
+
+def test_a_batch_moves_each_run_as_its_own_decision_says(engine: Engine, tenant_id: str) -> None:
+    ok, onward, failed = (_new_run(engine, tenant_id) for _ in range(3))
+    claims = [_claim(engine, run_id) for run_id in (ok, onward, failed)]
+    assert all(claims)
+    decisions: list[lifecycle.Decision] = [
+        Succeed({"text": "x"}, Usage(input_tokens=3)),
+        NextHop(1, "openai", delay_s=5),
+        Fail("invalid_request", "bad", 400),
+    ]
+    outcomes = [
+        Outcome(c, _attempt(c, "succeeded" if i == 0 else "failed"), d)
+        for i, (c, d) in enumerate(zip(claims, decisions, strict=True))
+        if c is not None
+    ]
+    assert _record_all(engine, outcomes) == [True, True, True]
+    assert _status(engine, tenant_id, ok) == ("succeeded", 0)
+    assert _status(engine, tenant_id, onward) == ("queued", 1)
+    assert _status(engine, tenant_id, failed) == ("failed", 0)
+    with Session(engine) as session:
+        run = runs.get_run(session, tenant_id, onward)
+        assert run is not None and run.claim_token is None and run.lease_expires_at is not None
+        assert run.lease_expires_at > utcnow() + timedelta(seconds=600)
+    assert _claim(engine, onward, hop=1) is not None
+
+
+def test_a_released_claim_writes_no_attempt_and_gives_the_attempt_back(
+    engine: Engine, tenant_id: str
+) -> None:
+    run_id = _new_run(engine, tenant_id)
+    claim = _claim(engine, run_id)
+    assert claim is not None and claim.attempt == 1
+    with engine.begin() as connection:
+        decision = NextHop(1, "openai")
+        assert lifecycle.release(connection, claim, decision, requeue_after_s=600)
+        assert not lifecycle.release(connection, claim, decision, requeue_after_s=600)
+    assert _count(engine, Attempt, run_id) == 0
+    again = _claim(engine, run_id, hop=1)
+    assert again is not None and again.attempt == 1

@@ -2,11 +2,10 @@
 
 from datetime import UTC, datetime
 
-from dispatcher.models import Attempt
-from dispatcher.store.lifecycle import Claim, Fail, NextHop, Succeed
+from dispatcher.store.lifecycle import AttemptRow, Claim, Fail, NextHop, Succeed
 from schemas.hops import Hop
 from schemas.inference import Usage
-from workers.announce import outcome_events, running
+from workers.announce import Outbox, outcome_events, running
 
 NOW = datetime.now(UTC)
 CLAIM = Claim(
@@ -15,11 +14,11 @@ CLAIM = Claim(
 )  # fmt: skip
 
 
-def _attempt(outcome: str, error_class: str | None = None) -> Attempt:
-    return Attempt(
-        run_id="run_1", number=1, hop=0, provider="openai", credential_kind="byok", outcome=outcome,
-        error_class=error_class, status_code=429 if error_class else 200, latency_ms=1,
-        started_at=NOW, finished_at=NOW,
+def _attempt(outcome: str, error_class: str | None = None) -> AttemptRow:
+    return AttemptRow(
+        run_id="run_1", number=1, hop=0, provider="openai", model=None, credential_kind="byok",
+        credential_name="k", outcome=outcome, error_class=error_class,
+        status_code=429 if error_class else 200, latency_ms=1, started_at=NOW, finished_at=NOW,
     )  # fmt: skip
 
 
@@ -53,3 +52,21 @@ def test_a_final_failure_announces_failed_with_its_code() -> None:
         CLAIM, _attempt("failed", "invalid_request"), Fail("invalid_request", "bad")
     )
     assert events[-1] == ("failed", {"code": "invalid_request", "message": "bad"})
+
+
+def test_an_outbox_counts_each_attempt_with_the_status_its_run_ended_in() -> None:
+    outbox = Outbox()
+    failed = _attempt("failed", "rate_limited")
+    outbox.move(CLAIM, NextHop(hop=1, provider="simulated"), failed)
+    outbox.move(CLAIM, Succeed({}, Usage()), _attempt("succeeded"))
+    assert outbox.attempts == [(failed, None), (outbox.attempts[1][0], "succeeded")]
+    assert outbox.hops == [("run_1", NextHop(hop=1, provider="simulated"))]
+    assert [event.type for event in outbox.events] == ["attempt_failed", "fell_back", "succeeded"]
+
+
+def test_a_run_ended_without_an_attempt_is_counted_as_ended() -> None:
+    outbox = Outbox()
+    outbox.move(CLAIM, Fail("deadline_exceeded", "every hop is cooling down"), None)
+    outbox.move(CLAIM, NextHop(hop=1, provider="simulated"), None)
+    assert (outbox.attempts, outbox.ended) == ([], ["failed"])
+    assert [event.type for event in outbox.events] == ["failed", "fell_back"]

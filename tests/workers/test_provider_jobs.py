@@ -10,7 +10,7 @@ from dispatcher.db import utcnow
 from dispatcher.store.lifecycle import Claim
 from schemas.hops import Hop
 from schemas.inference import InferenceResult, Usage
-from workers.executor import (
+from workers.jobs import (
     MAX_JOB_S,
     finished_job,
     job_bound,
