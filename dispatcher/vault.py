@@ -22,13 +22,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
 import structlog
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from pydantic import SecretStr, TypeAdapter, ValidationError
 
 from schemas.credentials import BedrockCredential, CredentialSecret, VertexCredential
 
 if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
     from dispatcher.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -84,7 +84,7 @@ class Keyring:
     def wrap(self, owner_id: str, data_key: bytes) -> WrappedKey:
         """``data_key`` encrypted under the active KEK, bound to its owner and the KEK id."""
         nonce = os.urandom(_NONCE_BYTES)
-        sealed = AESGCM(self.keys[self.active]).encrypt(
+        sealed = _aesgcm(self.keys[self.active]).encrypt(
             nonce, data_key, _aad("dek", owner_id, self.active)
         )
         return WrappedKey(self.active, nonce + sealed)
@@ -98,8 +98,8 @@ class Keyring:
             )
         nonce, sealed = wrapped.wrapped[:_NONCE_BYTES], wrapped.wrapped[_NONCE_BYTES:]
         try:
-            return AESGCM(kek).decrypt(nonce, sealed, _aad("dek", owner_id, wrapped.kek_id))
-        except InvalidTag:
+            return _aesgcm(kek).decrypt(nonce, sealed, _aad("dek", owner_id, wrapped.kek_id))
+        except _invalid_tag():
             raise VaultError(
                 f"the data key of {owner_id} cannot be unwrapped with KEK {wrapped.kek_id!r}: "
                 "it does not belong here or the key is wrong"
@@ -107,7 +107,7 @@ class Keyring:
 
 
 def new_data_key() -> bytes:
-    return AESGCM.generate_key(bit_length=256)
+    return os.urandom(32)
 
 
 def seal(data_key: bytes, owner_id: str, credential_id: str, secret: CredentialSecret) -> Sealed:
@@ -115,7 +115,7 @@ def seal(data_key: bytes, owner_id: str, credential_id: str, secret: CredentialS
     plaintext = json.dumps(secret.model_dump(), default=_reveal).encode()
     nonce = os.urandom(_NONCE_BYTES)
     aad = _aad("credential", owner_id, credential_id, secret.provider)
-    return Sealed(nonce, AESGCM(data_key).encrypt(nonce, plaintext, aad))
+    return Sealed(nonce, _aesgcm(data_key).encrypt(nonce, plaintext, aad))
 
 
 def unseal(
@@ -124,8 +124,8 @@ def unseal(
     """The secret ``seal`` stored; a ``VaultError`` if anything it was bound to differs."""
     aad = _aad("credential", owner_id, credential_id, provider)
     try:
-        plaintext = AESGCM(data_key).decrypt(sealed.nonce, sealed.ciphertext, aad)
-    except InvalidTag:
+        plaintext = _aesgcm(data_key).decrypt(sealed.nonce, sealed.ciphertext, aad)
+    except _invalid_tag():
         raise VaultError(
             f"credential {credential_id} cannot be decrypted: "
             "it does not belong here or its key is missing"
@@ -253,3 +253,17 @@ def keyring_for(settings: "Settings") -> Keyring:
         development=settings.development,
         var_dir=settings.var_dir,
     )
+
+
+def _aesgcm(key: bytes) -> "AESGCM":
+    """The cipher, imported on first use: the API's submit path never opens the vault, and
+    ``cryptography`` costs its process several MiB."""
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    return AESGCM(key)
+
+
+def _invalid_tag() -> type[Exception]:
+    from cryptography.exceptions import InvalidTag
+
+    return InvalidTag
