@@ -224,19 +224,21 @@ class RunWatch:
         self._confirmed: dict[str, asyncio.Future[None]] = {}
         self._send = asyncio.Lock()
         self._reader: asyncio.Task[None] | None = None
+        self._closed = False
 
     async def start(self) -> None:
         """Start listening; the connection is made (and remade) by the listener."""
         self._reader = asyncio.create_task(self._read(), name="run-watch")
 
     async def close(self) -> None:
-        """Stop listening and close the connections, each within ``CLOSE_TIMEOUT_S``: closing a
-        pub/sub connection can deadlock inside redis-py (redis/redis-py#3941), and a process
-        that is stopping must not hang on it."""
+        """Stop listening and close the connections, each within ``CLOSE_TIMEOUT_S``: a reader
+        cancelled inside redis-py can come back as a connection error instead of ending, and
+        closing a pub/sub connection can deadlock (redis/redis-py#3941); a process that is
+        stopping must not hang on either."""
+        self._closed = True
         if self._reader is not None:
             self._reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reader
+            await asyncio.wait({self._reader}, timeout=self.CLOSE_TIMEOUT_S)
         for closing in (self._pubsub.aclose(), self.client.aclose()):  # type: ignore[no-untyped-call]
             try:
                 await asyncio.wait_for(closing, self.CLOSE_TIMEOUT_S)
@@ -284,7 +286,7 @@ class RunWatch:
         ]
 
     async def _read(self) -> None:
-        while True:
+        while not self._closed:
             try:
                 if self._pubsub.connection is None:
                     # A channel of its own keeps the connection subscribed while idle.

@@ -1,12 +1,15 @@
 """Run events published in one round trip, in order, over the real Redis."""
 
+import asyncio
 import json
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import redis
+import redis.asyncio as aioredis
 
-from dispatcher.events import RunEvent, RunEvents
+from dispatcher.events import RunEvent, RunEvents, RunWatch
 from dispatcher.settings import Settings
 
 
@@ -55,3 +58,28 @@ def test_an_event_a_runs_webhook_subscribed_to_goes_to_the_outbox(events: RunEve
     outbox = events.client.xrange(events.outbox())
     assert [json.loads(fields[b"event"])["type"] for _, fields in outbox] == ["succeeded"]
     assert not events.client.exists(events.hook("run_d"))  # the terminal event ends it
+
+
+def test_closing_a_watch_ends_even_when_its_reader_turns_the_cancel_into_an_error(
+    settings: Settings,
+) -> None:
+    """redis-py can answer a cancelled read with a connection error; the reader would then
+    retry forever and the API's shutdown would wait on it."""
+
+    async def scenario() -> bool:
+        watch = RunWatch(aioredis.Redis.from_url(settings.locate_redis()), "closing")
+
+        async def read_then_fail_on_cancel(**_: Any) -> None:
+            try:
+                await asyncio.sleep(3600)
+            except asyncio.CancelledError:
+                raise redis.ConnectionError("connection closed while reading") from None
+
+        watch._pubsub.get_message = read_then_fail_on_cancel  # type: ignore[method-assign]
+        watch.RETRY_S = 0.01
+        await watch.start()
+        await asyncio.sleep(0.1)
+        await asyncio.wait_for(watch.close(), 10)
+        return True
+
+    assert asyncio.run(scenario())
