@@ -236,11 +236,15 @@ class Bench:
         direct = self.direct(provider_ms, mode="open", rate=rate, duration_s=duration)
         added = shifted(summary([ms for _, ms, _ in answered]), -provider_ms)
         in_store = [(r.finished - wall) * 1000 for wall, _, r in answered if r and r.finished]
+        published = self.system.terminal_event_times([r.id for _, _, r in answered if r])
+        announced = [(published[r.id] - wall) * 1000 for wall, _, r in answered
+                     if r and r.id in published]  # fmt: skip
         direct_added = shifted(direct["latency_ms"], -provider_ms)
         return {
             "how": self._added_how(rate, duration),
             "added_ms": added,
             "store_added_ms": shifted(summary(in_store), -provider_ms),
+            "event_added_ms": shifted(summary(announced), -provider_ms),
             "answered_over": len(answered),
             "answered_not_over": sum(1 for sample in api["samples"] if sample[2] == 202),
             "errors": errors(api),
@@ -265,7 +269,10 @@ class Bench:
             "over. added_ms: from the request's scheduled send time to that answer, minus the "
             f"provider's {provider_ms:g} ms, over the answers that were 200 (answered_over; a "
             "202 would mean the wait ran out). store_added_ms: scheduled send time to the run's "
-            "finished_at in the store (same host clock). Direct: the same open loop straight "
+            "finished_at in the store (same host clock); event_added_ms: to the moment its "
+            "terminal event was published (the event's own time, from the run's stream): "
+            "between the two is the worker's commit and publish, after it the API's wake and "
+            "answer. Direct: the same open loop straight "
             f"to the fake; its added_ms is its latency minus {provider_ms:g} ms."
         )
 

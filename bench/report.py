@@ -152,6 +152,8 @@ def _added_rows(figures: Figures) -> list[Row]:
         )  # fmt: skip
         out.append((f"  client send -> finished_at in the store, {key}",
                     _pair(fig["store_added_ms"]), "-", "-"))  # fmt: skip
+        out.append((f"  client send -> terminal event published, {key}",
+                    _pair(fig["event_added_ms"]), "-", "-"))  # fmt: skip
     return out
 
 

@@ -25,9 +25,11 @@ from typing import Any
 import httpx
 import redis
 
+from bench.runs import TERMINAL
 from bench.target import BENCH_KEY, Target
 from dispatcher.db import init_db, make_engine
 from dispatcher.embedded_redis import EmbeddedRedis
+from dispatcher.events import run_stream_name
 from dispatcher.settings import Settings
 from dispatcher.tenancy import create_tenant_with_key
 
@@ -254,6 +256,21 @@ class BenchSystem:
             client.delete(*keys)
         client.close()
         return len(keys)
+
+    def terminal_event_times(self, run_ids: list[str]) -> dict[str, float]:
+        """Run id -> when its terminal event was published (the event's own ``at``, epoch s)."""
+        client = redis.Redis.from_url(self.redis.url)
+        pipe = client.pipeline(transaction=False)
+        for run_id in run_ids:
+            pipe.xrevrange(run_stream_name(NAMESPACE, run_id), count=1)
+        found: dict[str, float] = {}
+        for run_id, entries in zip(run_ids, pipe.execute(), strict=True):
+            for _, fields in entries:
+                event = json.loads(fields[b"event"])
+                if event["type"] in TERMINAL:
+                    found[run_id] = float(event["at"])
+        client.close()
+        return found
 
     def cpu(self) -> dict[str, float]:
         """CPU seconds used so far by the API and by the running worker pools together."""
