@@ -210,7 +210,12 @@ class RunWatch:
     """Wakes waiters through ONE pub/sub connection per API process: a run's channel is
     subscribed while someone watches it. ``watch`` yields once Redis has confirmed the
     subscription, so no later event is missed; earlier ones are in the store (events follow
-    the commit) and in the run's stream."""
+    the commit) and in the run's stream.
+
+    Subscribing and unsubscribing go through one sender task that sends every change asked
+    for meanwhile as one ``UNSUBSCRIBE`` and one ``SUBSCRIBE``: one command per waiter, each
+    passed through a lock, cost a loop turn per hand-off, and at 200 waiters a second on a
+    busy loop the subscriptions queued for seconds."""
 
     CONFIRM_TIMEOUT_S = 5.0
     RETRY_S = 1.0
@@ -225,6 +230,9 @@ class RunWatch:
         self._send = asyncio.Lock()
         self._reader: asyncio.Task[None] | None = None
         self._closed = False
+        self._to_subscribe: set[str] = set()
+        self._to_unsubscribe: set[str] = set()
+        self._sender: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         """Start listening; the connection is made (and remade) by the listener."""
@@ -236,6 +244,8 @@ class RunWatch:
         closing a pub/sub connection can deadlock (redis/redis-py#3941); a process that is
         stopping must not hang on either."""
         self._closed = True
+        if self._sender is not None:
+            self._sender.cancel()
         if self._reader is not None:
             self._reader.cancel()
             await asyncio.wait({self._reader}, timeout=self.CLOSE_TIMEOUT_S)
@@ -255,8 +265,9 @@ class RunWatch:
         try:
             if channel not in self._confirmed:
                 self._confirmed[channel] = asyncio.get_running_loop().create_future()
-                async with self._send:
-                    await self._pubsub.subscribe(channel)
+                self._to_unsubscribe.discard(channel)
+                self._to_subscribe.add(channel)
+                self._start_sender()
             confirmed = asyncio.shield(self._confirmed[channel])
             try:
                 await asyncio.wait_for(confirmed, self.CONFIRM_TIMEOUT_S)
@@ -266,16 +277,39 @@ class RunWatch:
         finally:
             watchers.discard(signal)
             if not watchers:
-                await self._unsubscribe(channel)
+                self._unsubscribe(channel)
 
-    async def _unsubscribe(self, channel: str) -> None:
+    def _unsubscribe(self, channel: str) -> None:
         self._watchers.pop(channel, None)
         self._confirmed.pop(channel, None)
-        try:
-            async with self._send:
-                await self._pubsub.unsubscribe(channel)
-        except redis.RedisError as exc:
-            log.warning("could not unsubscribe a run channel", error=type(exc).__name__)
+        if channel in self._to_subscribe:  # never sent
+            self._to_subscribe.discard(channel)
+            return
+        self._to_unsubscribe.add(channel)
+        self._start_sender()
+
+    def _start_sender(self) -> None:
+        if self._sender is None or self._sender.done():
+            self._sender = asyncio.get_running_loop().create_task(self._send_changes())
+
+    async def _send_changes(self) -> None:
+        """Send the subscription changes asked for, as they gather, until none are left. A
+        failed ``SUBSCRIBE`` fails its waiters' confirmations (they read the store instead)."""
+        while self._to_subscribe or self._to_unsubscribe:
+            leaving, self._to_unsubscribe = self._to_unsubscribe, set()
+            joining, self._to_subscribe = self._to_subscribe, set()
+            try:
+                async with self._send:
+                    if leaving:
+                        await self._pubsub.unsubscribe(*leaving)
+                    if joining:
+                        await self._pubsub.subscribe(*joining)
+            except (redis.RedisError, OSError) as exc:
+                log.warning("run channels not (un)subscribed", error=type(exc).__name__)
+                for channel in joining:
+                    future = self._confirmed.get(channel)
+                    if future is not None and not future.done():
+                        future.set_exception(redis.ConnectionError("subscription failed"))
 
     async def events_after(self, run_id: str, after: str) -> list[tuple[str, dict[str, Any]]]:
         """The run's events after stream id ``after`` (``0-0``: all), oldest first."""

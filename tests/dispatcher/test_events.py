@@ -2,6 +2,7 @@
 
 import asyncio
 import json
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -83,3 +84,32 @@ def test_closing_a_watch_ends_even_when_its_reader_turns_the_cancel_into_an_erro
         return True
 
     assert asyncio.run(scenario())
+
+
+def test_many_watchers_at_once_are_all_confirmed_and_woken(settings: Settings) -> None:
+    """Subscriptions asked for together go out together; every watcher still hears its run."""
+    namespace = f"watch{uuid.uuid4().hex[:6]}"
+    publisher = RunEvents(redis.Redis.from_url(settings.locate_redis()), namespace)
+
+    async def scenario() -> list[bool]:
+        watch = RunWatch(aioredis.Redis.from_url(settings.locate_redis()), namespace)
+        await watch.start()
+
+        async def wait_for(run_id: str) -> bool:
+            async with watch.watch(run_id) as signal:
+                await asyncio.sleep(0.05)  # every watcher is subscribed before any event
+                await asyncio.to_thread(publisher.publish, run_id, "ten_1", "succeeded")
+                return await asyncio.wait_for(signal.settled.wait(), 5)
+
+        async def come_and_go(run_id: str) -> None:
+            async with watch.watch(run_id):
+                pass
+
+        try:
+            await asyncio.gather(*(come_and_go(f"run_gone_{n}") for n in range(20)))
+            return await asyncio.gather(*(wait_for(f"run_{n}") for n in range(100)))
+        finally:
+            await watch.close()
+
+    assert asyncio.run(scenario()) == [True] * 100
+    publisher.client.close()
