@@ -17,7 +17,6 @@ For the runs the worker threads asked for (``Ask``: a hop message each):
 from collections.abc import Callable, Coroutine, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
 from typing import Any
 
 import redis
@@ -129,26 +128,8 @@ class Claimer:
     def _cooling(self, claims: list[Claim]) -> list[Cooling]:
         """Each claim's chain's cooling state, in one round trip (each hop's key once). If Redis
         does not answer, nothing is cooling: the providers' own 429s still are."""
-        keys = {self.cooldowns.key(c.tenant_id, hop) for c in claims for hop in c.chain}
-        if not keys:
-            return []
         try:
-            resets = read_resets(self.cooldowns.client, list(keys))
+            return self.cooldowns.read_many([(c.tenant_id, c.chain) for c in claims])
         except redis.RedisError:
             log.warning("cooldowns unreadable: no hop counts as cooling down", exc_info=True)
             return [() for _ in claims]
-        return [[resets[self.cooldowns.key(c.tenant_id, hop)] for hop in c.chain] for c in claims]
-
-
-def read_resets(client: redis.Redis, keys: list[str]) -> dict[str, datetime | None]:
-    """When each cooldown key resets (by Redis's own clock: ``PTTL``), None when it is not set;
-    ``Cooldowns.read``'s reading of one chain, for many chains at once."""
-    now = utcnow()
-    pipe = client.pipeline(transaction=False)
-    for key in keys:
-        pipe.pttl(key)
-    left_ms = pipe.execute()
-    return {
-        key: now + timedelta(milliseconds=ms) if ms > 0 else None
-        for key, ms in zip(keys, left_ms, strict=True)
-    }
