@@ -46,12 +46,16 @@ class OwnerCache(Generic[K, V]):
         self._values: dict[str, dict[K, tuple[V, float]]] = {}
         self._lock = threading.Lock()
 
+    def peek(self, owner: str, key: K) -> V | None:
+        """The cached value, or None when there is none; never loads."""
+        hit = self._hit(owner, key, time.monotonic())
+        return hit[0] if hit is not None else None
+
     def get(self, owner: str, key: K, load: Callable[[], V]) -> V:
         """The cached value, or ``load()``'s (cached unless the owner changed meanwhile)."""
         now = time.monotonic()
-        entries = self._values.get(owner)
-        hit = entries.get(key) if entries else None
-        if hit is not None and hit[1] > now:
+        hit = self._hit(owner, key, now)
+        if hit is not None:
             return hit[0]
         with self._lock:
             generation = self._values.setdefault(owner, {})
@@ -62,6 +66,11 @@ class OwnerCache(Generic[K, V]):
                 if self._values.get(owner) is generation:
                     generation[key] = (value, now + self.ttl_s)
         return value
+
+    def _hit(self, owner: str, key: K, now: float) -> tuple[V, float] | None:
+        entries = self._values.get(owner)
+        hit = entries.get(key) if entries else None
+        return hit if hit is not None and hit[1] > now else None
 
     def drop(self, owner: str | None) -> None:
         """Forget one owner's values (None: everyone's)."""

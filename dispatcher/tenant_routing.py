@@ -67,10 +67,6 @@ class TenantRouting:
         return found
 
 
-class NotCached(Exception):
-    """The tenant's routing is not in the cache (``RoutingCache.cached``)."""
-
-
 class RoutingCache:
     """Each tenant's ``TenantRouting``; ``drop`` makes it a ``dispatcher.changes.Droppable``."""
 
@@ -80,10 +76,7 @@ class RoutingCache:
 
     def cached(self, tenant_id: str) -> TenantRouting | None:
         """The tenant's routing if it is held; never reads the store (safe on an event loop)."""
-        try:
-            return self._entries.get(tenant_id, _ENTRY, _not_cached)
-        except NotCached:
-            return None
+        return self._entries.peek(tenant_id, _ENTRY)
 
     def load(self, tenant_id: str) -> TenantRouting:
         """The tenant's routing, read from the store if it is not held (blocks: use a thread)."""
@@ -99,7 +92,3 @@ class RoutingCache:
         return TenantRouting(
             stored.version if stored else None, stored.config if stored else None, credentials
         )
-
-
-def _not_cached() -> TenantRouting:
-    raise NotCached

@@ -77,3 +77,12 @@ def test_an_announced_change_reaches_another_process_listener(settings: Settings
     finally:
         listener.stop()
         client.close()
+
+
+def test_peek_gives_what_is_held_and_never_loads() -> None:
+    cache: OwnerCache[str, int] = OwnerCache(ttl_s=60)
+    assert cache.peek("t1", "k") is None
+    cache.get("t1", "k", lambda: 5)
+    assert cache.peek("t1", "k") == 5
+    cache.drop("t1")
+    assert cache.peek("t1", "k") is None
