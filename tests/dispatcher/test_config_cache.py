@@ -12,7 +12,6 @@ from fastapi.testclient import TestClient
 from sqlalchemy import event
 from sqlmodel import Session
 
-from dispatcher.api.app import create_app
 from dispatcher.catalog import Catalog
 from dispatcher.changes import ConfigChanges
 from dispatcher.models import Run
@@ -50,12 +49,6 @@ def services(settings: Settings) -> Iterator[Services]:
     assert built.changes_listener.subscribed.wait(10)
     yield built
     built.close()
-
-
-@pytest.fixture
-def api(services: Services) -> Iterator[TestClient]:
-    with TestClient(create_app(services)) as client:
-        yield client
 
 
 @pytest.fixture
