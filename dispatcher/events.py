@@ -20,7 +20,7 @@ of a run's events start from its row, and a webhook that subscribed to ``queued`
 through the outbox when the run is submitted.
 
 ``RunWatch`` is the API side: it wakes waiters (``Prefer: wait``, server-sent events) through
-one pub/sub connection per process.
+one pattern subscription per process.
 """
 
 import asyncio
@@ -207,17 +207,19 @@ class Signal:
 
 
 class RunWatch:
-    """Wakes waiters through ONE pub/sub connection per API process: a run's channel is
-    subscribed while someone watches it. ``watch`` yields once Redis has confirmed the
-    subscription, so no later event is missed; earlier ones are in the store (events follow
-    the commit) and in the run's stream.
+    """Wakes waiters through ONE pattern subscription per API process, made when it starts:
+    ``PSUBSCRIBE`` on every run's channel, each event handed to the watchers of its run (an
+    event of a run nobody here watches is dropped after one dictionary lookup). Entering
+    ``watch`` sends no Redis command: the subscription is already live, so every event
+    published from then on is heard; earlier ones are in the store (events follow the commit)
+    and in the run's stream.
 
-    Subscribing and unsubscribing go through one sender task that sends every change asked
-    for meanwhile as one ``UNSUBSCRIBE`` and one ``SUBSCRIBE``: one command per waiter, each
-    passed through a lock, cost a loop turn per hand-off, and at 200 waiters a second on a
-    busy loop the subscriptions queued for seconds."""
+    One subscription and command per waiter, on one connection, queued under load: at 200
+    waiters a second they cost the API most of its event loop. A lost connection wakes every
+    watcher as settled (they read the store again), and so does the subscription's renewal
+    once redis-py has reconnected: events may have been missed in between."""
 
-    CONFIRM_TIMEOUT_S = 5.0
+    LIVE_TIMEOUT_S = 5.0
     RETRY_S = 1.0
     CLOSE_TIMEOUT_S = 2.0
 
@@ -225,17 +227,14 @@ class RunWatch:
         self.client = client
         self.namespace = namespace
         self._pubsub = client.pubsub()
-        self._watchers: dict[str, set[Signal]] = {}
-        self._confirmed: dict[str, asyncio.Future[None]] = {}
-        self._send = asyncio.Lock()
+        self._pattern = channel_name(namespace, "*")
+        self._watchers: dict[bytes, set[Signal]] = {}
+        self._live = asyncio.Event()
         self._reader: asyncio.Task[None] | None = None
         self._closed = False
-        self._to_subscribe: set[str] = set()
-        self._to_unsubscribe: set[str] = set()
-        self._sender: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        """Start listening; the connection is made (and remade) by the listener."""
+        """Start listening; the subscription is made (and remade) by the listener."""
         self._reader = asyncio.create_task(self._read(), name="run-watch")
 
     async def close(self) -> None:
@@ -244,8 +243,6 @@ class RunWatch:
         closing a pub/sub connection can deadlock (redis/redis-py#3941); a process that is
         stopping must not hang on either."""
         self._closed = True
-        if self._sender is not None:
-            self._sender.cancel()
         if self._reader is not None:
             self._reader.cancel()
             await asyncio.wait({self._reader}, timeout=self.CLOSE_TIMEOUT_S)
@@ -257,59 +254,23 @@ class RunWatch:
 
     @contextlib.asynccontextmanager
     async def watch(self, run_id: str) -> AsyncIterator[Signal]:
-        """Hear ``run_id``'s events while inside; ``redis.RedisError`` if Redis is unreachable."""
-        channel = channel_name(self.namespace, run_id)
-        signal = Signal()
-        watchers = self._watchers.setdefault(channel, set())
-        watchers.add(signal)
-        try:
-            if channel not in self._confirmed:
-                self._confirmed[channel] = asyncio.get_running_loop().create_future()
-                self._to_unsubscribe.discard(channel)
-                self._to_subscribe.add(channel)
-                self._start_sender()
-            confirmed = asyncio.shield(self._confirmed[channel])
+        """Hear ``run_id``'s events while inside; ``redis.RedisError`` if the subscription is
+        not live within ``LIVE_TIMEOUT_S`` (Redis is unreachable)."""
+        if not self._live.is_set():
             try:
-                await asyncio.wait_for(confirmed, self.CONFIRM_TIMEOUT_S)
+                await asyncio.wait_for(self._live.wait(), self.LIVE_TIMEOUT_S)
             except TimeoutError:
-                raise redis.TimeoutError("the subscription was not confirmed") from None
+                raise redis.TimeoutError("run events are not reachable") from None
+        channel = channel_name(self.namespace, run_id).encode()
+        signal = Signal()
+        self._watchers.setdefault(channel, set()).add(signal)
+        try:
             yield signal
         finally:
+            watchers = self._watchers.get(channel, set())
             watchers.discard(signal)
             if not watchers:
-                self._unsubscribe(channel)
-
-    def _unsubscribe(self, channel: str) -> None:
-        self._watchers.pop(channel, None)
-        self._confirmed.pop(channel, None)
-        if channel in self._to_subscribe:  # never sent
-            self._to_subscribe.discard(channel)
-            return
-        self._to_unsubscribe.add(channel)
-        self._start_sender()
-
-    def _start_sender(self) -> None:
-        if self._sender is None or self._sender.done():
-            self._sender = asyncio.get_running_loop().create_task(self._send_changes())
-
-    async def _send_changes(self) -> None:
-        """Send the subscription changes asked for, as they gather, until none are left. A
-        failed ``SUBSCRIBE`` fails its waiters' confirmations (they read the store instead)."""
-        while self._to_subscribe or self._to_unsubscribe:
-            leaving, self._to_unsubscribe = self._to_unsubscribe, set()
-            joining, self._to_subscribe = self._to_subscribe, set()
-            try:
-                async with self._send:
-                    if leaving:
-                        await self._pubsub.unsubscribe(*leaving)
-                    if joining:
-                        await self._pubsub.subscribe(*joining)
-            except (redis.RedisError, OSError) as exc:
-                log.warning("run channels not (un)subscribed", error=type(exc).__name__)
-                for channel in joining:
-                    future = self._confirmed.get(channel)
-                    if future is not None and not future.done():
-                        future.set_exception(redis.ConnectionError("subscription failed"))
+                self._watchers.pop(channel, None)
 
     async def events_after(self, run_id: str, after: str) -> list[tuple[str, dict[str, Any]]]:
         """The run's events after stream id ``after`` (``0-0``: all), oldest first."""
@@ -323,12 +284,11 @@ class RunWatch:
         while not self._closed:
             try:
                 if self._pubsub.connection is None:
-                    # A channel of its own keeps the connection subscribed while idle.
-                    async with self._send:
-                        await self._pubsub.subscribe(channel_name(self.namespace, "-"))
+                    await self._pubsub.psubscribe(self._pattern)
                 message = await self._pubsub.get_message(timeout=None)
             except (redis.RedisError, OSError) as exc:
                 log.warning("run watch: no Redis; trying again", error=type(exc).__name__)
+                self._live.clear()
                 self._wake_all()
                 await asyncio.sleep(self.RETRY_S)
                 continue
@@ -336,24 +296,20 @@ class RunWatch:
                 self._dispatch(message)
 
     def _dispatch(self, message: dict[str, Any]) -> None:
-        channel = _text(message["channel"])
-        if message["type"] == "subscribe":
-            future = self._confirmed.get(channel)
-            if future is not None and not future.done():
-                future.set_result(None)
-            else:  # subscribed again after a reconnect: events may have been missed
-                self._wake(channel, settled=True)
-        elif message["type"] == "message":
-            event = json.loads(message["data"])
-            self._wake(channel, settled=event.get("type") in TERMINAL_EVENTS)
-
-    def _wake(self, channel: str, *, settled: bool) -> None:
-        for signal in self._watchers.get(channel, ()):
-            signal.notify(settled=settled)
+        if message["type"] == "pmessage":
+            watchers = self._watchers.get(message["channel"])
+            if watchers:
+                settled = json.loads(message["data"]).get("type") in TERMINAL_EVENTS
+                for signal in watchers:
+                    signal.notify(settled=settled)
+        elif message["type"] == "psubscribe":  # made, or made again after a reconnect
+            self._live.set()
+            self._wake_all()
 
     def _wake_all(self) -> None:
-        for channel in list(self._watchers):
-            self._wake(channel, settled=True)
+        for watchers in self._watchers.values():
+            for signal in watchers:
+                signal.notify(settled=True)
 
 
 def _text(value: bytes | str | None) -> str:

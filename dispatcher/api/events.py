@@ -11,7 +11,7 @@ if its stream has expired, its terminal event is rebuilt from its row.
 import asyncio
 import json
 import re
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Annotated, Any
@@ -74,14 +74,24 @@ def wait_preference(prefer: str | None) -> float | None:
 
 
 async def wait_for_run(
-    watch: RunWatch, run_id: str, load: Callable[[], RunPublic | None], wait_s: float
+    watch: RunWatch,
+    run_id: str,
+    load: Callable[[], RunPublic | None],
+    wait_s: float,
+    start: Callable[[], Awaitable[None]] | None = None,
 ) -> RunPublic | None:
     """``load()`` once the run is over, or after ``wait_s``. Woken by its terminal event (or a
-    lost connection); the store has the last word."""
+    lost connection); the store has the last word. ``start``, when given, creates the run: it
+    is awaited once the run is watched, so its first read waits for its terminal event."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + wait_s
+    started = start is None
     try:
         async with watch.watch(run_id) as signal:
+            if start is not None:
+                started = True
+                await start()
+                await _heard(signal.settled, wait_s)
             while True:
                 signal.settled.clear()
                 run = await run_in_threadpool(load)
@@ -90,6 +100,8 @@ async def wait_for_run(
                     return run
                 await _heard(signal.settled, remaining)
     except redis.RedisError:
+        if start is not None and not started:
+            await start()
         return await run_in_threadpool(load)
 
 

@@ -7,8 +7,8 @@ Redis round trip); the 202 is serialized from the same values. ``POST /v1/run`` 
 route, so FastAPI's per-request parameter resolution stays off this path. The rest costs only
 the requests that ask: ``Idempotency-Key`` (its lookup on a thread, its row in the run's
 transaction), a webhook (its URL checked on a thread, its subscription recorded before the
-enqueue), ``Prefer: wait=N`` (the answer waits on the run's pub/sub channel, see
-``dispatcher.events.RunWatch``).
+enqueue), ``Prefer: wait=N`` (the run is watched before it is stored, so it is read once,
+when its terminal event is heard; see ``dispatcher.events.RunWatch``).
 """
 
 import functools
@@ -123,19 +123,26 @@ async def submit_run(request: Request) -> Response:
     tenant_id = await authenticate(request, services)
     key = header(request, "idempotency-key", _KEY)
     body = await json_body(request, RunCreate)
+    wait_s = events.wait_preference(request.headers.get("prefer"))
     headers: dict[str, str] = {}
     if key is None:
-        run = await _submit(services, tenant_id, body)
+        planned = await _plan(services, tenant_id, body)
+        run = planned.run
         accepted = run_accepted(run.id, body.app, run.created_at)
+        store = functools.partial(_store, services, tenant_id, planned)
+        if wait_s is None:
+            await store()
+            return json_response(accepted, 202, headers)
     else:
         accepted, replayed = await _submit_once(services, tenant_id, body, key)
         headers["idempotent-replayed"] = str(replayed).lower()
-    wait_s = events.wait_preference(request.headers.get("prefer"))
-    if wait_s is None:
-        return json_response(accepted, 202, headers)
+        if wait_s is None:
+            return json_response(accepted, 202, headers)
+        store = None  # stored already: read before waiting
     headers["preference-applied"] = f"wait={wait_s:g}"
     load = functools.partial(read_run, services, tenant_id, accepted.id)
-    done = await events.wait_for_run(events.watch_of(request), accepted.id, load, wait_s)
+    watch = events.watch_of(request)
+    done = await events.wait_for_run(watch, accepted.id, load, wait_s, start=store)
     if done is not None and done.status in TERMINAL_STATUSES:
         return json_response(done, 200, headers | served_by(done))
     return json_response(accepted, 202, headers)
@@ -160,13 +167,16 @@ router.add_api_route(
 )
 
 
-async def _submit(
-    services: Services, tenant_id: str, body: RunCreate, key: tuple[str, str] | None = None
-) -> NewRun:
-    """Store and enqueue one run (with its idempotency key's row); ``KeyTaken`` if a
-    concurrent request holds the key."""
+async def _plan(services: Services, tenant_id: str, body: RunCreate) -> Planned:
     routing = await tenant_routing(services, tenant_id)
-    planned = await Planner(services, tenant_id, routing).plan(body)
+    return await Planner(services, tenant_id, routing).plan(body)
+
+
+async def _store(
+    services: Services, tenant_id: str, planned: Planned, key: tuple[str, str] | None = None
+) -> None:
+    """Store and enqueue one planned run (with its idempotency key's row); ``KeyTaken`` if a
+    concurrent request holds the key."""
     run = planned.run
     keys = [idempotency.new_key(tenant_id, *key, run.id)] if key else []
     hooks = [planned.hook] if planned.hook else []
@@ -174,7 +184,6 @@ async def _submit(
         await services.intake.submit(Submission([run], keys, hooks))
     except QueueUnavailable:
         raise ApiError(503, "queue_unavailable", _QUEUE_DOWN) from None
-    return run
 
 
 async def _submit_once(
@@ -187,11 +196,12 @@ async def _submit_once(
         first = await run_in_threadpool(_first_run, services, tenant_id, key, hashed)
         if first is not None:
             return first, True
+        planned = await _plan(services, tenant_id, body)
         try:
-            run = await _submit(services, tenant_id, body, (key, hashed))
+            await _store(services, tenant_id, planned, (key, hashed))
         except KeyTaken:
             continue  # a concurrent duplicate inserted the key first: answer with its run
-        return run_accepted(run.id, body.app, run.created_at), False
+        return run_accepted(planned.run.id, body.app, planned.run.created_at), False
     raise ApiError(409, "idempotency_conflict", "the Idempotency-Key is busy; try again")
 
 

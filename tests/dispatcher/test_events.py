@@ -86,8 +86,10 @@ def test_closing_a_watch_ends_even_when_its_reader_turns_the_cancel_into_an_erro
     assert asyncio.run(scenario())
 
 
-def test_many_watchers_at_once_are_all_confirmed_and_woken(settings: Settings) -> None:
-    """Subscriptions asked for together go out together; every watcher still hears its run."""
+def test_a_watcher_hears_an_event_published_the_moment_it_entered(settings: Settings) -> None:
+    """The process's one pattern subscription is live before anyone watches: entering sends
+    nothing and waits for nothing, so an event published right after is heard, for each of
+    many watchers, and runs nobody watches are dropped."""
     namespace = f"watch{uuid.uuid4().hex[:6]}"
     publisher = RunEvents(redis.Redis.from_url(settings.locate_redis()), namespace)
 
@@ -97,19 +99,44 @@ def test_many_watchers_at_once_are_all_confirmed_and_woken(settings: Settings) -
 
         async def wait_for(run_id: str) -> bool:
             async with watch.watch(run_id) as signal:
-                await asyncio.sleep(0.05)  # every watcher is subscribed before any event
+                await asyncio.to_thread(publisher.publish, f"{run_id}_other", "ten_1", "succeeded")
                 await asyncio.to_thread(publisher.publish, run_id, "ten_1", "succeeded")
                 return await asyncio.wait_for(signal.settled.wait(), 5)
 
-        async def come_and_go(run_id: str) -> None:
-            async with watch.watch(run_id):
-                pass
-
         try:
-            await asyncio.gather(*(come_and_go(f"run_gone_{n}") for n in range(20)))
             return await asyncio.gather(*(wait_for(f"run_{n}") for n in range(100)))
         finally:
+            assert watch._watchers == {}  # every watcher left
             await watch.close()
 
     assert asyncio.run(scenario()) == [True] * 100
+    publisher.client.close()
+
+
+def test_a_lost_subscription_wakes_every_watcher_and_comes_back(settings: Settings) -> None:
+    """Events published while the connection is down are missed: its watchers are woken as
+    settled (they read the store again), and once redis-py has reconnected, later events are
+    heard again."""
+    namespace = f"watch{uuid.uuid4().hex[:6]}"
+    publisher = RunEvents(redis.Redis.from_url(settings.locate_redis()), namespace)
+
+    async def scenario() -> tuple[bool, bool]:
+        watch = RunWatch(aioredis.Redis.from_url(settings.locate_redis()), namespace)
+        watch.RETRY_S = 0.05
+        await watch.start()
+        try:
+            async with watch.watch("run_a") as signal:
+                killed = await asyncio.to_thread(
+                    publisher.client.client_kill_filter, _type="pubsub"
+                )
+                assert killed >= 1
+                woken = await asyncio.wait_for(signal.settled.wait(), 5)
+            async with watch.watch("run_b") as signal:  # waits until it is live again
+                await asyncio.to_thread(publisher.publish, "run_b", "ten_1", "failed")
+                heard = await asyncio.wait_for(signal.settled.wait(), 5)
+            return woken, heard
+        finally:
+            await watch.close()
+
+    assert asyncio.run(scenario()) == (True, True)
     publisher.client.close()

@@ -181,6 +181,20 @@ def test_prefer_wait_sees_a_failure_too(client: httpx.Client) -> None:
     assert response.status_code == 200 and response.json()["status"] == "failed"
 
 
+def test_prefer_wait_with_an_idempotency_key_answers_the_run_and_its_replay(
+    client: httpx.Client,
+) -> None:
+    """A new run waits like any other; a replay of the same key waits on the run it names."""
+    key = {"idempotency-key": f"wait-{time.monotonic_ns()}"}
+    first = submit(client, ECHO, prefer="wait=20", **key)
+    again = submit(client, ECHO, prefer="wait=20", **key)
+    assert first.status_code == again.status_code == 200
+    assert first.headers["idempotent-replayed"] == "false"
+    assert again.headers["idempotent-replayed"] == "true"
+    assert again.json()["id"] == first.json()["id"]
+    assert again.json()["status"] == "succeeded"
+
+
 # --- server-sent events -------------------------------------------------------------------
 
 
