@@ -17,7 +17,8 @@ from dispatcher.vault import keyring_for
 from workers.actors import LogContext, declare_actors
 from workers.credentials import Credentials
 from workers.executor import HopExecutor
-from workers.providers import ADAPTERS
+from workers.malloc import limit_arenas
+from workers.providers import ADAPTERS, adapter_factory
 from workers.runtime import Runtime
 from workers.sweeper import Housekeeper
 
@@ -37,12 +38,13 @@ def check_providers(providers: list[str]) -> None:
 def run_pool(providers: list[str], settings: Settings) -> None:
     """Consume ``run.<provider>`` for each provider until SIGTERM or SIGINT."""
     check_providers(providers)
+    limit_arenas()
     logging_setup.configure(settings.resolved_log_format, settings.log_level)
     engine = make_engine(settings.resolved_database_url)
     init_db(engine)
     broker = make_broker(settings, settings.locate_redis(), middleware=[LogContext()])
     runtime = Runtime(settings.max_in_flight, settings.store_threads)
-    adapters = {provider: ADAPTERS[provider](settings) for provider in providers}
+    adapters = {provider: adapter_factory(provider)(settings) for provider in providers}
     credentials, changes, listener = keep_credentials(settings, broker)
     executor = HopExecutor(settings, engine, broker, runtime, adapters, credentials, changes)
     declare_actors(broker, executor, providers)

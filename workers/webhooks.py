@@ -48,6 +48,7 @@ from dispatcher.store import webhooks as store
 from dispatcher.vault import Keyring, VaultError, keyring_for
 from dispatcher.webhooks import sign
 from schemas.webhooks import TERMINAL_EVENTS
+from workers.malloc import limit_arenas
 from workers.pool import DRAIN_TIMEOUT_S, wait_for_signal
 from workers.runtime import Runtime
 
@@ -366,6 +367,7 @@ class Outbox(threading.Thread):
 
 def run_webhook_pool(settings: Settings, delays: Sequence[float] = RETRY_DELAYS_S) -> None:
     """Deliver webhooks until SIGTERM or SIGINT."""
+    limit_arenas()
     logging_setup.configure(settings.resolved_log_format, settings.log_level)
     engine = make_engine(settings.resolved_database_url)
     init_db(engine)
