@@ -2,12 +2,14 @@
 catalog and the adapter registry name the same providers."""
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from dispatcher.catalog import load_catalog
-from workers.providers import ADAPTERS
+from workers.providers import ADAPTERS, adapter_factory
 
 ROOT = Path(__file__).parent.parent
 
@@ -38,6 +40,22 @@ def test_imports_run_one_way(package: str, forbidden: set[str]) -> None:
 
 def test_the_catalog_and_the_adapter_registry_agree() -> None:
     assert load_catalog().providers == set(ADAPTERS)
+    for provider in ADAPTERS:
+        factory = adapter_factory(provider)
+        assert callable(factory.invoke) and callable(factory.aclose)  # type: ignore[attr-defined]
+
+
+def test_a_pool_imports_only_the_adapters_it_serves() -> None:
+    """A pool for one provider does not carry the others' libraries in its memory."""
+    script = (
+        "import sys, workers.pool; from workers.providers import adapter_factory;"
+        "adapter_factory('openai');"
+        "print(sorted(m for m in ('botocore', 'google.oauth2', 'fastapi') if m in sys.modules))"
+    )
+    found = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True, cwd=ROOT
+    )
+    assert found.stdout.strip() == "[]"
 
 
 def test_every_catalog_app_is_served_by_known_providers() -> None:

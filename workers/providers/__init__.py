@@ -2,27 +2,34 @@
 
 A routing config may name only providers of the app catalog; a test checks that every
 catalog provider has an adapter here and every adapter a catalog entry.
+
+An adapter's module is imported when a pool asks for it (``adapter_factory``): a pool serves a
+few providers, and the others' libraries (botocore's signer, google-auth's service accounts)
+would only take its memory.
 """
 
-from workers.providers.anthropic import AnthropicAdapter
-from workers.providers.azure_openai import AzureOpenAIAdapter
-from workers.providers.base import Adapter, AdapterFactory
-from workers.providers.bedrock import BedrockAdapter
-from workers.providers.fal import FalAdapter
-from workers.providers.gemini import GeminiAdapter
-from workers.providers.openai import OpenAIAdapter
-from workers.providers.simulated import SimulatedAdapter
-from workers.providers.vertex import VertexAdapter
+from importlib import import_module
 
-ADAPTERS: dict[str, AdapterFactory] = {
-    "simulated": SimulatedAdapter,
-    "openai": OpenAIAdapter,
-    "azure_openai": AzureOpenAIAdapter,
-    "anthropic": AnthropicAdapter,
-    "gemini": GeminiAdapter,
-    "vertex": VertexAdapter,
-    "bedrock": BedrockAdapter,
-    "fal": FalAdapter,
+from workers.providers.base import Adapter, AdapterFactory
+
+#: provider -> (module under ``workers.providers``, adapter class)
+ADAPTERS: dict[str, tuple[str, str]] = {
+    "simulated": ("simulated", "SimulatedAdapter"),
+    "openai": ("openai", "OpenAIAdapter"),
+    "azure_openai": ("azure_openai", "AzureOpenAIAdapter"),
+    "anthropic": ("anthropic", "AnthropicAdapter"),
+    "gemini": ("gemini", "GeminiAdapter"),
+    "vertex": ("vertex", "VertexAdapter"),
+    "bedrock": ("bedrock", "BedrockAdapter"),
+    "fal": ("fal", "FalAdapter"),
 }
 
-__all__ = ["ADAPTERS", "Adapter", "AdapterFactory"]
+
+def adapter_factory(provider: str) -> AdapterFactory:
+    """The adapter class of ``provider`` (a key of ``ADAPTERS``), its module imported now."""
+    module, name = ADAPTERS[provider]
+    factory: AdapterFactory = getattr(import_module(f"{__name__}.{module}"), name)
+    return factory
+
+
+__all__ = ["ADAPTERS", "Adapter", "AdapterFactory", "adapter_factory"]
