@@ -4,8 +4,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import orjson
 from sqlalchemy import DateTime, Engine, TypeDecorator, event, inspect
 from sqlmodel import SQLModel, create_engine
+
+from dispatcher.jsontext import dumps
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -46,10 +49,16 @@ def make_engine(url: str) -> Engine:
         path = url.split(":///", 1)[-1]
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"check_same_thread": False}, pool_size=16)
+        engine = create_engine(
+            url, connect_args={"check_same_thread": False}, pool_size=16, **_JSON_COLUMNS
+        )
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    return create_engine(url, pool_size=16, max_overflow=16, pool_pre_ping=True)
+    return create_engine(url, pool_size=16, max_overflow=16, pool_pre_ping=True, **_JSON_COLUMNS)
+
+
+#: The JSON columns (inputs, outputs, chains, usage) written and read by orjson.
+_JSON_COLUMNS: dict[str, Any] = {"json_serializer": dumps, "json_deserializer": orjson.loads}
 
 
 class SchemaOutOfDate(RuntimeError):

@@ -39,6 +39,7 @@ from dramatiq.brokers.redis import RedisBroker
 from redis.client import Pipeline
 from redis.exceptions import NoScriptError
 
+from dispatcher.jsontext import dumps
 from schemas.webhooks import TERMINAL_EVENTS, RunEventType
 
 log = structlog.get_logger(__name__)
@@ -81,7 +82,7 @@ def outbox_name(namespace: str) -> str:
 
 
 def payload(run_id: str, tenant_id: str, type: str, data: dict[str, Any]) -> str:
-    return json.dumps(
+    return dumps(
         {"run_id": run_id, "tenant_id": tenant_id, "type": type, "at": time.time(), **data}
     )
 

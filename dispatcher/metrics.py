@@ -43,6 +43,7 @@ from sqlalchemy import Engine, func
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session, col, select
 
+from dispatcher.jsontext import dumps
 from dispatcher.models import Run
 
 log = structlog.get_logger(__name__)
@@ -177,7 +178,7 @@ def _key(namespace: str, name: str) -> str:
 
 
 def _field(*parts: str) -> str:
-    return json.dumps(parts, separators=(",", ":"))
+    return dumps(parts)
 
 
 def _bucket(seconds: float) -> int:

@@ -461,3 +461,19 @@ def test_a_released_claim_writes_no_attempt_and_gives_the_attempt_back(
     assert _count(engine, Attempt, run_id) == 0
     again = _claim(engine, run_id, hop=1)
     assert again is not None and again.attempt == 1
+
+
+def test_an_input_with_integers_beyond_64_bits_is_stored_and_claimed_whole(
+    engine: Engine, tenant_id: str
+) -> None:
+    """The store's JSON columns are written by orjson, which refuses such integers: they go
+    through the standard library instead, unchanged."""
+    big = {"prompt": "x", "n": 2**70, "nested": [-(2**65), 1.5, "é"]}
+    with Session(engine) as session:
+        run = runs.create_run(
+            session, tenant_id=tenant_id, app="simulated/echo", input=big, chain=CHAIN,
+            requeue_after_s=600,
+        )  # fmt: skip
+        session.commit()
+    claim = _claim(engine, run.id)
+    assert claim is not None and claim.input == big

@@ -51,7 +51,6 @@ import ssl
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from functools import cache
-from http.cookiejar import CookieJar, DefaultCookiePolicy
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -60,6 +59,7 @@ import orjson
 from pydantic import BaseModel, ValidationError
 
 from dispatcher.hosts import url_allowed
+from dispatcher.jsontext import dumps_bytes
 from dispatcher.settings import Settings
 from schemas.errors import ErrorClass
 from schemas.inference import ChatInput, ChatMessage, InferenceRequest, Usage
@@ -99,27 +99,36 @@ def new_client(**options: Any) -> httpx.AsyncClient:
         "timeout": httpx.Timeout(60.0),
         "follow_redirects": False,
         "trust_env": False,
-        "cookies": no_cookies(),
     }
-    return httpx.AsyncClient(**(defaults | options))
+    return _Client(**(defaults | options))
 
 
-def no_cookies() -> CookieJar:
-    """A jar that keeps nothing: one client serves every tenant, so a cookie a provider set on
-    one tenant's call must never ride along on another's."""
-    return _NoCookies(policy=DefaultCookiePolicy(allowed_domains=[]))
+class _NoCookies(httpx.Cookies):
+    """Takes no cookie and adds none, without reading an answer to find out."""
 
-
-class _NoCookies(CookieJar):
-    """Takes no cookie and adds none, without reading an answer's headers to find out: httpx
-    hands every answer to its client's jar, which parsed each for ``Set-Cookie`` (a few per
-    cent of a worker's CPU) only to refuse what it found."""
-
-    def extract_cookies(self, response: Any, request: Any) -> None:
+    def extract_cookies(self, response: httpx.Response) -> None:
         return None
 
-    def add_cookie_header(self, request: Any) -> None:
+    def set_cookie_header(self, request: httpx.Request) -> None:
         return None
+
+
+class _Client(httpx.AsyncClient):
+    """An ``httpx.AsyncClient`` that keeps no cookies: one client serves every tenant, so a
+    cookie a provider set on one tenant's call must never ride along on another's. (A jar
+    that refuses every cookie would do, but httpx converts every answer and its request for
+    the jar to look at: a few per cent of a worker's CPU.)"""
+
+    @property
+    def cookies(self) -> httpx.Cookies:
+        return _NO_COOKIES
+
+    @cookies.setter
+    def cookies(self, cookies: Any) -> None:
+        return None
+
+
+_NO_COOKIES = _NoCookies()
 
 
 @cache
@@ -142,7 +151,7 @@ async def request_json(
     """One call: its JSON object, or a scrubbed ``ProviderError``. ``kwargs`` go to httpx."""
     secrets = list(secrets)
     if "json" in kwargs:  # orjson: several times faster than httpx's encoder, same bytes
-        kwargs["content"] = orjson.dumps(kwargs.pop("json"))
+        kwargs["content"] = dumps_bytes(kwargs.pop("json"))
         kwargs["headers"] = httpx.Headers(kwargs.get("headers"))
         kwargs["headers"].setdefault("content-type", "application/json")
     with transport_errors(secrets):

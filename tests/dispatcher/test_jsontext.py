@@ -1,0 +1,16 @@
+"""Fast JSON text: the same JSON the standard library writes, compact, for every value."""
+
+import json
+
+from dispatcher.jsontext import dumps, dumps_bytes
+
+
+def test_it_writes_what_the_standard_library_reads_back() -> None:
+    value = {"a": [1, 2.5, None, True], "é": "ü", "n": 2**63 - 1}
+    assert json.loads(dumps(value)) == value
+    assert dumps(value) == json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def test_integers_beyond_64_bits_are_written_too() -> None:
+    value = {"big": 2**70, "small": -(2**64)}
+    assert json.loads(dumps_bytes(value)) == value
