@@ -27,7 +27,7 @@ Failures, translated here once::
 Public names:
 
 - ``HttpAdapter(settings)``: base class holding ``settings`` and ``client``; ``aclose()``.
-- ``new_client(**options)``: one ``httpx.AsyncClient`` over ``AiohttpTransport`` (no connection
+- ``new_client(**options)``: one ``ProviderClient`` (an ``httpx.AsyncClient``) over ``AiohttpTransport`` (no connection
   cap, no retries, no redirects, no proxies or CA files from the environment: ``Settings`` is
   the one place that reads it); ``verify=`` (an ``ssl.SSLContext``) goes to the transport,
   ``transport=`` replaces it, other options go to ``httpx.AsyncClient``.
@@ -88,7 +88,7 @@ class HttpAdapter:
         await self.client.aclose()
 
 
-def new_client(**options: Any) -> httpx.AsyncClient:
+def new_client(**options: Any) -> "ProviderClient":
     """The one client of an adapter. A worker process holds ``max_in_flight`` (1000+) calls at
     once through it, so its transport has no connection cap and costs the same per call however
     many are open (``AiohttpTransport``: httpx's own pool scans them all on every call)."""
@@ -100,7 +100,7 @@ def new_client(**options: Any) -> httpx.AsyncClient:
         "follow_redirects": False,
         "trust_env": False,
     }
-    return _Client(**(defaults | options))
+    return ProviderClient(**(defaults | options))
 
 
 class _NoCookies(httpx.Cookies):
@@ -113,11 +113,30 @@ class _NoCookies(httpx.Cookies):
         return None
 
 
-class _Client(httpx.AsyncClient):
+class ProviderClient(httpx.AsyncClient):
     """An ``httpx.AsyncClient`` that keeps no cookies: one client serves every tenant, so a
     cookie a provider set on one tenant's call must never ride along on another's. (A jar
     that refuses every cookie would do, but httpx converts every answer and its request for
-    the jar to look at: a few per cent of a worker's CPU.)"""
+    the jar to look at: a few per cent of a worker's CPU.)
+
+    ``call`` sends one request straight to the transport, without the auth flow, redirect loop,
+    cookie handling and event hooks of ``request``, none of which a provider call uses (its
+    credentials are its headers; redirects are never followed): a tenth of a worker's CPU."""
+
+    def __init__(self, *, transport: httpx.AsyncBaseTransport, **options: Any) -> None:
+        super().__init__(transport=transport, **options)
+        self._sender = transport
+
+    async def call(self, method: str, url: str, **options: Any) -> httpx.Response:
+        """``request(method, url, **options)``, its answer read whole."""
+        request = self.build_request(method, url, **options)
+        response = await self._sender.handle_async_request(request)
+        response.request = request
+        try:
+            await response.aread()
+        finally:
+            await response.aclose()
+        return response
 
     @property
     def cookies(self) -> httpx.Cookies:
@@ -139,7 +158,7 @@ def tls_context() -> ssl.SSLContext:
 
 
 async def request_json(
-    client: httpx.AsyncClient,
+    client: ProviderClient,
     method: str,
     url: str,
     *,
@@ -155,7 +174,7 @@ async def request_json(
         kwargs["headers"] = httpx.Headers(kwargs.get("headers"))
         kwargs["headers"].setdefault("content-type", "application/json")
     with transport_errors(secrets):
-        response = await client.request(method, url, timeout=timeout_s, **kwargs)
+        response = await client.call(method, url, timeout=timeout_s, **kwargs)
     if response.is_error:
         raise scrubbed(on_error(response), secrets)
     body = json_body(response)
