@@ -27,10 +27,11 @@ Failures, translated here once::
 Public names:
 
 - ``HttpAdapter(settings)``: base class holding ``settings`` and ``client``; ``aclose()``.
-- ``new_client(**options)``: one ``ProviderClient`` (an ``httpx.AsyncClient``) over ``AiohttpTransport`` (no connection
-  cap, no retries, no redirects, no proxies or CA files from the environment: ``Settings`` is
-  the one place that reads it); ``verify=`` (an ``ssl.SSLContext``) goes to the transport,
-  ``transport=`` replaces it, other options go to ``httpx.AsyncClient``.
+- ``new_client(**options)``: one ``ProviderClient`` (an ``httpx.AsyncClient`` whose ``call``
+  sends straight to its transport) over ``AiohttpTransport`` (no connection cap, no retries,
+  no redirects, no proxies or CA files from the environment: ``Settings`` is the one place
+  that reads it); ``verify=`` (an ``ssl.SSLContext``) goes to the transport, ``transport=``
+  replaces it, other options go to ``httpx.AsyncClient``.
 - ``tls_context()``: the process's shared default TLS context.
 - ``request_json(client, method, url, ...)``: send one call, return its JSON object.
 - ``transport_errors(secrets)``: context manager translating httpx exceptions.
