@@ -16,10 +16,17 @@ heartbeat and, now and then, runs queue maintenance; a producer needs neither (t
 register themselves and run maintenance on their fetches), and calling it once per message
 costs about 50 us of Python per message in redis-py alone.
 
+Acks go out together: dramatiq's worker threads each ack their message as they finish it, one
+round trip of its ack script each. Here the thread that finds no ack being sent sends every ack
+gathered, in one pipeline of the same script calls, until none are left; the others leave
+theirs to it and go on. An ack that could not be sent is kept for the next send (a repeat does
+nothing: the script removes a message only from this worker's acks).
+
 The queue's keys are dramatiq's, unchanged: any dramatiq worker can consume these queues, and
 this consumer can consume any dramatiq producer's.
 """
 
+import threading
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -31,6 +38,7 @@ from dramatiq.brokers.redis import RedisBroker, _RedisConsumer
 from dramatiq.common import current_millis, dq_name
 from dramatiq.errors import ConnectionClosed
 from dramatiq.message import Message
+from redis.exceptions import NoScriptError
 
 #: How long a consumer whose prefetched messages are all in hand waits before looking again.
 FULL_PAUSE_S = 0.001
@@ -41,6 +49,21 @@ BELL_DEPTH = 64
 class DoorbellBroker(RedisBroker):
     def bell(self, queue_name: str) -> str:
         return f"{self.namespace}:{queue_name}.bell"
+
+    def dispatch_args(self, command: str, queue_name: str, *args: Any) -> list[Any]:
+        """The arguments dramatiq's ``dispatch`` script takes for ``command``, as its
+        ``do_<command>`` builds them."""
+        return [
+            command,
+            current_millis(),
+            queue_name,
+            self.broker_id,
+            self.heartbeat_timeout,
+            self.dead_message_ttl,
+            self._should_do_maintenance(command),
+            self._max_unpack_size(),  # type: ignore[no-untyped-call]
+            *args,
+        ]
 
     @property
     def consumer_class(self) -> type[_RedisConsumer]:
@@ -88,7 +111,58 @@ class DoorbellBroker(RedisBroker):
 
 
 class _DoorbellConsumer(_RedisConsumer):
-    """dramatiq's consumer, with the idle sleep replaced by a wait on the queue's bell."""
+    """dramatiq's consumer, with the idle sleep replaced by a wait on the queue's bell and the
+    acks of messages finished together sent together."""
+
+    def __init__(self, broker: DoorbellBroker, queue_name: str, prefetch: int, timeout: int):
+        super().__init__(broker, queue_name, prefetch, timeout)  # type: ignore[no-untyped-call]
+        self._acks: list[MessageProxy] = []
+        self._acks_lock = threading.Lock()
+        self._sending = False
+
+    def ack(self, message: MessageProxy) -> None:
+        """Ack ``message``, with whatever other acks gather while they are sent."""
+        with self._acks_lock:
+            self._acks.append(message)
+            if self._sending:  # the sending thread takes it along
+                return
+            self._sending = True
+        try:
+            while batch := self._take_acks():
+                self._send_acks(batch)
+        except BaseException:
+            with self._acks_lock:
+                self._sending = False
+            raise
+
+    def _take_acks(self) -> list[MessageProxy]:
+        """The acks gathered; none left ends this thread's turn to send (in the same lock, so
+        an ack added after it is sent by its own thread)."""
+        with self._acks_lock:
+            batch, self._acks = self._acks, []
+            self._sending = bool(batch)
+            return batch
+
+    def _send_acks(self, batch: list[MessageProxy]) -> None:
+        """dramatiq's ack script for each message, in one round trip; kept for the next send
+        if Redis did not take them."""
+        broker: DoorbellBroker = self.broker
+        pipe = broker.client.pipeline(transaction=False)
+        for message in batch:
+            args = broker.dispatch_args("ack", self.queue_name, message.options["redis_message_id"])
+            pipe.evalsha(broker.scripts["dispatch"].sha, 1, broker.namespace, *args)
+        try:
+            answers = pipe.execute(raise_on_error=False)
+        except redis.ConnectionError as exc:
+            with self._acks_lock:
+                self._acks[:0] = batch
+            raise ConnectionClosed(exc) from None  # type: ignore[no-untyped-call]
+        for message, answer in zip(batch, answers, strict=True):
+            if isinstance(answer, NoScriptError):  # the server lost it: dramatiq's own way
+                super().ack(message)  # type: ignore[no-untyped-call]
+            elif isinstance(answer, Exception):
+                raise answer
+            self.queued_message_ids.discard(message.message_id)
 
     def __next__(self) -> MessageProxy | None:
         try:

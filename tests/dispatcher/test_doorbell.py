@@ -5,6 +5,8 @@ import time
 import uuid
 
 import dramatiq
+import pytest
+import redis
 
 from dispatcher.doorbell import BELL_DEPTH, DoorbellBroker
 from dispatcher.queue import enqueue_hop, enqueue_hops, make_broker, queue_name
@@ -69,3 +71,64 @@ def test_many_messages_go_out_together_each_queue_ringing_once(settings: Setting
     for message in received:
         assert message is not None
         consumer.ack(message)
+
+
+def _left(broker: DoorbellBroker) -> tuple[int, int]:
+    """(messages still stored, ids in any ack set) of the simulated queue."""
+    key = f"{broker.namespace}:{queue_name('simulated')}"
+    acks = broker.client.keys(f"{broker.namespace}:__acks__.*")
+    return broker.client.hlen(f"{key}.msgs"), sum(broker.client.scard(k) for k in acks)
+
+
+def test_acks_from_many_threads_at_once_all_land(settings: Settings) -> None:
+    """Threads that finish together leave their acks to the one sending: every message is
+    acked, none is left in the queue's store or in the worker's ack set."""
+    broker = _broker(settings)
+    enqueue_hops(broker, [(f"run_{n}", 0, "simulated") for n in range(60)])
+    consumer = broker.consume(queue_name("simulated"), prefetch=60, timeout=1000)
+    messages = [message for message in (next(consumer) for _ in range(61)) if message]
+    assert len(messages) == 60 and _left(broker) == (60, 60)
+    start = threading.Barrier(12)
+
+    def ack_five(chunk: list[dramatiq.broker.MessageProxy]) -> None:
+        start.wait()
+        for message in chunk:
+            consumer.ack(message)
+
+    threads = [threading.Thread(target=ack_five, args=(messages[n::12],)) for n in range(12)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert _left(broker) == (0, 0)
+    assert consumer.outstanding_message_count == 0
+
+
+def test_an_ack_redis_did_not_take_is_sent_with_the_next(settings: Settings) -> None:
+    broker = _broker(settings)
+    enqueue_hops(broker, [("run_a", 0, "simulated"), ("run_b", 0, "simulated")])
+    consumer = broker.consume(queue_name("simulated"), prefetch=2, timeout=1000)
+    first, second = (message for message in (next(consumer) for _ in range(3)) if message)
+    real = broker.client.pipeline
+
+    def refusing(**options: object) -> object:
+        pipe = real(**options)  # type: ignore[arg-type]
+        pipe.execute = lambda **_: (_ for _ in ()).throw(redis.ConnectionError("gone"))
+        return pipe
+
+    broker.client.pipeline = refusing  # type: ignore[method-assign]
+    with pytest.raises(dramatiq.errors.ConnectionClosed):
+        consumer.ack(first)
+    broker.client.pipeline = real  # type: ignore[method-assign]
+    consumer.ack(second)
+    assert _left(broker) == (0, 0)
+
+
+def test_an_ack_survives_a_server_that_lost_its_scripts(settings: Settings) -> None:
+    broker = _broker(settings)
+    enqueue_hop(broker, "run_s", 0, "simulated")
+    consumer = broker.consume(queue_name("simulated"), prefetch=1, timeout=1000)
+    message = next(message for message in (next(consumer) for _ in range(2)) if message)
+    broker.client.script_flush()
+    consumer.ack(message)
+    assert _left(broker) == (0, 0)
