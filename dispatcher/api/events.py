@@ -12,7 +12,7 @@ import asyncio
 import json
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -85,24 +85,23 @@ async def wait_for_run(
     is awaited once the run is watched, so its first read waits for its terminal event."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + wait_s
-    started = start is None
-    try:
-        async with watch.watch(run_id) as signal:
+    async with AsyncExitStack() as stack:
+        try:  # the only step that talks to Redis: the rest waits on the watch's signal
+            signal = await stack.enter_async_context(watch.watch(run_id))
+        except redis.RedisError:
             if start is not None:
-                started = True
                 await start()
-                await _heard(signal.settled, wait_s)
-            while True:
-                signal.settled.clear()
-                run = await run_in_threadpool(load)
-                remaining = deadline - loop.time()
-                if run is None or run.status in TERMINAL_STATUSES or remaining <= 0:
-                    return run
-                await _heard(signal.settled, remaining)
-    except redis.RedisError:
-        if start is not None and not started:
+            return await run_in_threadpool(load)
+        if start is not None:
             await start()
-        return await run_in_threadpool(load)
+            await _heard(signal.settled, wait_s)
+        while True:
+            signal.settled.clear()
+            run = await run_in_threadpool(load)
+            remaining = deadline - loop.time()
+            if run is None or run.status in TERMINAL_STATUSES or remaining <= 0:
+                return run
+            await _heard(signal.settled, remaining)
 
 
 def load_run(services: Services, tenant_id: str, run_id: str) -> Run | None:

@@ -1,9 +1,10 @@
 """Run events published in one round trip, in order, over the real Redis."""
 
 import asyncio
+import contextlib
 import json
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
@@ -140,3 +141,25 @@ def test_a_lost_subscription_wakes_every_watcher_and_comes_back(settings: Settin
 
     assert asyncio.run(scenario()) == (True, True)
     publisher.client.close()
+
+
+def test_a_submit_that_waits_is_still_stored_when_run_events_are_unreachable() -> None:
+    """If the watch cannot be entered, the run is created all the same and read once."""
+    from dispatcher.api.events import wait_for_run
+
+    class Unreachable:
+        @contextlib.asynccontextmanager
+        async def watch(self, run_id: str) -> AsyncIterator[None]:
+            raise redis.TimeoutError("run events are not reachable")
+            yield
+
+    done: list[str] = []
+
+    async def start() -> None:
+        done.append("stored")
+
+    def load() -> None:
+        done.append("read")
+
+    found = asyncio.run(wait_for_run(Unreachable(), "run_x", load, 5, start=start))  # type: ignore[arg-type]
+    assert found is None and done == ["stored", "read"]
