@@ -31,11 +31,9 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-import dramatiq
 import redis
 import redis.asyncio as aioredis
 import structlog
-from dramatiq.brokers.redis import RedisBroker
 from redis.client import Pipeline
 from redis.exceptions import NoScriptError
 
@@ -85,24 +83,6 @@ def payload(run_id: str, tenant_id: str, type: str, data: dict[str, Any]) -> str
     return dumps(
         {"run_id": run_id, "tenant_id": tenant_id, "type": type, "at": time.time(), **data}
     )
-
-
-#: The webhook pool's queue and actor: a message is (delivery id, attempt number).
-DELIVERY_QUEUE = "webhooks"
-DELIVERY_ACTOR = "webhooks.deliver"
-
-
-def enqueue_delivery(
-    broker: RedisBroker, delivery_id: str, number: int, delay_s: float = 0.0
-) -> None:
-    message: dramatiq.Message[None] = dramatiq.Message(
-        queue_name=DELIVERY_QUEUE,
-        actor_name=DELIVERY_ACTOR,
-        args=(delivery_id, number),
-        kwargs={},
-        options={},
-    )
-    broker.enqueue(message, delay=int(delay_s * 1000) if delay_s > 0 else None)
 
 
 class RunEvent(NamedTuple):

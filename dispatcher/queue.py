@@ -19,6 +19,10 @@ from dramatiq.middleware import Middleware, Retries
 from dispatcher.doorbell import DoorbellBroker
 from dispatcher.settings import Settings
 
+#: The webhook pool's queue and actor: a message is (delivery id, attempt number).
+DELIVERY_QUEUE = "webhooks"
+DELIVERY_ACTOR = "webhooks.deliver"
+
 
 def queue_name(provider: str) -> str:
     return f"run.{provider}"
@@ -52,14 +56,14 @@ def make_broker(
 def enqueue_hop(
     broker: RedisBroker, run_id: str, hop_index: int, provider: str, delay_s: float = 0.0
 ) -> None:
-    broker.enqueue(_message(actor_name(provider), run_id, hop_index, provider), delay=_ms(delay_s))
+    broker.enqueue(_hop(actor_name(provider), run_id, hop_index, provider), delay=_ms(delay_s))
 
 
 def enqueue_hops(broker: DoorbellBroker, hops: Sequence[tuple[str, int, str]]) -> None:
     """Each ``(run id, hop index, provider)`` at once, all in one Redis round trip."""
     broker.enqueue_many(
         [
-            (_message(actor_name(provider), run_id, hop, provider), None)
+            (_hop(actor_name(provider), run_id, hop, provider), None)
             for run_id, hop, provider in hops
         ]
     )
@@ -69,18 +73,24 @@ def enqueue_poll(
     broker: RedisBroker, run_id: str, hop_index: int, provider: str, delay_s: float = 0.0
 ) -> None:
     """Poll the job the run waits on at ``hop_index`` after ``delay_s``."""
-    message = _message(poll_actor_name(provider), run_id, hop_index, provider)
+    message = _hop(poll_actor_name(provider), run_id, hop_index, provider)
     broker.enqueue(message, delay=_ms(delay_s))
 
 
-def _message(actor: str, run_id: str, hop_index: int, provider: str) -> dramatiq.Message[None]:
-    return dramatiq.Message(
-        queue_name=queue_name(provider),
-        actor_name=actor,
-        args=(run_id, hop_index),
-        kwargs={},
-        options={},
-    )
+def enqueue_delivery(
+    broker: RedisBroker, delivery_id: str, number: int, delay_s: float = 0.0
+) -> None:
+    """Deliver a webhook (attempt ``number``) after ``delay_s``."""
+    message = _message(DELIVERY_QUEUE, DELIVERY_ACTOR, (delivery_id, number))
+    broker.enqueue(message, delay=_ms(delay_s))
+
+
+def _hop(actor: str, run_id: str, hop_index: int, provider: str) -> dramatiq.Message[None]:
+    return _message(queue_name(provider), actor, (run_id, hop_index))
+
+
+def _message(queue: str, actor: str, args: tuple[str, int]) -> dramatiq.Message[None]:
+    return dramatiq.Message(queue_name=queue, actor_name=actor, args=args, kwargs={}, options={})
 
 
 def _ms(delay_s: float) -> int | None:

@@ -9,9 +9,8 @@ from fastapi import APIRouter
 from fastapi.responses import Response
 
 from dispatcher.api.deps import ServicesDep
-from dispatcher.events import DELIVERY_QUEUE
 from dispatcher.metrics import CONTENT_TYPE, collect
-from dispatcher.queue import queue_name
+from dispatcher.queue import DELIVERY_QUEUE, queue_name
 
 router = APIRouter(tags=["health"])
 

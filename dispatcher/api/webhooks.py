@@ -12,7 +12,7 @@ from sqlmodel import Session
 
 from dispatcher.api.deps import UNAUTHORIZED, ServicesDep, TenantDep
 from dispatcher.api.errors import ApiError
-from dispatcher.events import enqueue_delivery
+from dispatcher.queue import enqueue_delivery
 from dispatcher.services import Services
 from dispatcher.store import runs as run_store
 from schemas.webhooks import (
