@@ -6,19 +6,24 @@ which a tenant's input may hold: those values go through ``json`` instead.
 """
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 import orjson
 
+Default = Callable[[Any], Any] | None
 
-def dumps_bytes(value: Any) -> bytes:
-    """``value`` as compact UTF-8 JSON."""
+
+def dumps_bytes(value: Any, default: Default = None) -> bytes:
+    """``value`` as compact UTF-8 JSON; ``default`` turns what JSON has no type for into
+    something it has."""
     try:
-        return orjson.dumps(value)
+        return orjson.dumps(value, default=default)
     except orjson.JSONEncodeError:
-        return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+        text = json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=default)
+        return text.encode()
 
 
-def dumps(value: Any) -> str:
+def dumps(value: Any, default: Default = None) -> str:
     """``value`` as compact JSON text."""
-    return dumps_bytes(value).decode()
+    return dumps_bytes(value, default).decode()

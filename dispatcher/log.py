@@ -17,8 +17,9 @@ import sys
 from collections.abc import Mapping, MutableMapping
 from typing import Any
 
-import orjson
 import structlog
+
+from dispatcher.jsontext import dumps
 
 _SHARED: list[structlog.types.Processor] = [
     structlog.contextvars.merge_contextvars,
@@ -115,11 +116,8 @@ def _redacted(name: object, value: Any) -> Any:
 
 
 def _json(event: Any, **options: Any) -> str:
-    """One JSON line, by orjson (a log line per attempt is a worker's hottest text)."""
-    return orjson.dumps(event, default=options.get("default"), option=_JSON_OPTIONS).decode()
-
-
-_JSON_OPTIONS = orjson.OPT_NON_STR_KEYS
+    """One JSON line, by ``jsontext`` (a log line per attempt is a worker's hottest text)."""
+    return dumps(event, options.get("default"))
 
 
 def configure(log_format: str = "console", level: str = "INFO") -> None:

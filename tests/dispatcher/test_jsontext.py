@@ -14,3 +14,9 @@ def test_it_writes_what_the_standard_library_reads_back() -> None:
 def test_integers_beyond_64_bits_are_written_too() -> None:
     value = {"big": 2**70, "small": -(2**64)}
     assert json.loads(dumps_bytes(value)) == value
+
+
+def test_what_json_has_no_type_for_goes_through_default_either_way() -> None:
+    value = {"when": object(), "big": 2**70, 1: "non-text key"}
+    written = json.loads(dumps(value, default=lambda _: "converted"))
+    assert written == {"when": "converted", "big": 2**70, "1": "non-text key"}
