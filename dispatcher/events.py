@@ -8,7 +8,12 @@ the webhook outbox.
     {ns}:webhooks:outbox    the events some run's webhook subscribed to, for the webhook pool
 
 Types: queued, running, attempt_failed, fell_back, waiting, succeeded, failed, canceled.
-A payload carries ids, statuses and error classes, never inputs, outputs or secrets.
+A payload carries ids, statuses and error classes, never inputs, outputs or secrets. The one
+exception is for waiting clients, and on pub/sub only (nothing keeps it): a terminal event
+whose worker knows the whole run (its one attempt was this one) carries it as ``run``, the
+body ``GET /v1/runs/{id}`` would answer, so a waiter is answered without reading the store.
+The streams and webhooks get the event without it; a body above ``MAX_CHANNEL_RUN_BYTES`` is
+left out, and its waiters read the store.
 
 ``publish`` is one Lua script: it writes both streams, publishes, and copies the event to the
 outbox when the run's webhook subscribed to it, so the executor never looks a subscription up.
@@ -37,7 +42,7 @@ import structlog
 from redis.client import Pipeline
 from redis.exceptions import NoScriptError
 
-from dispatcher.jsontext import dumps
+from dispatcher.jsontext import dumps, dumps_bytes
 from schemas.webhooks import TERMINAL_EVENTS, RunEventType
 
 log = structlog.get_logger(__name__)
@@ -49,13 +54,22 @@ RUN_STREAM_TTL_S = 86_400
 #: A webhook subscription outlives any run still moving; the terminal event removes it.
 HOOK_TTL_S = 3 * 86_400
 
+#: The largest terminal event (with its run) published for waiters; above it, they read the
+#: store.
+MAX_CHANNEL_RUN_BYTES = 64 * 1024
+
 # KEYS: shared stream, run stream, hook, outbox.
-# ARGV: payload, type, maxlen, run stream ttl, channel, terminal (1/0).
+# ARGV: payload, type, maxlen, run stream ttl, channel, terminal (1/0), the channel's payload
+# ('': the payload).
 _PUBLISH = """
 redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[3], '*', 'event', ARGV[1])
 redis.call('XADD', KEYS[2], '*', 'event', ARGV[1])
 redis.call('EXPIRE', KEYS[2], ARGV[4])
-redis.call('PUBLISH', ARGV[5], ARGV[1])
+if ARGV[7] ~= '' then
+  redis.call('PUBLISH', ARGV[5], ARGV[7])
+else
+  redis.call('PUBLISH', ARGV[5], ARGV[1])
+end
 local hook = redis.call('HMGET', KEYS[3], 'url', 'events')
 if hook[1] and string.find(',' .. hook[2] .. ',', ',' .. ARGV[2] .. ',', 1, true) then
   redis.call('XADD', KEYS[4], '*', 'event', ARGV[1], 'url', hook[1])
@@ -79,10 +93,12 @@ def outbox_name(namespace: str) -> str:
     return f"{namespace}:webhooks:outbox"
 
 
+def event_body(run_id: str, tenant_id: str, type: str, data: dict[str, Any]) -> dict[str, Any]:
+    return {"run_id": run_id, "tenant_id": tenant_id, "type": type, "at": time.time(), **data}
+
+
 def payload(run_id: str, tenant_id: str, type: str, data: dict[str, Any]) -> str:
-    return dumps(
-        {"run_id": run_id, "tenant_id": tenant_id, "type": type, "at": time.time(), **data}
-    )
+    return dumps(event_body(run_id, tenant_id, type, data))
 
 
 class RunEvent(NamedTuple):
@@ -90,6 +106,9 @@ class RunEvent(NamedTuple):
     tenant_id: str
     type: EventType
     data: dict[str, Any]
+    #: The finished run (``RunPublic`` as JSON values), for waiters only (the module's
+    #: docstring): set on a terminal event whose run is known whole.
+    run: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -151,11 +170,12 @@ class RunEvents:
             pipe.evalsha(self._publish.sha, 4, *self._publish_args(event))
         return pipe
 
-    def _publish_args(self, event: RunEvent) -> list[str | int]:
-        run_id, tenant_id, type, data = event
+    def _publish_args(self, event: RunEvent) -> list[str | bytes | int]:
+        run_id, tenant_id, type, data, run = event
         keys = [self.stream(), self.run_stream(run_id), self.hook(run_id), self.outbox()]
-        args: list[str | int] = [payload(run_id, tenant_id, type, data), type, STREAM_MAXLEN]
-        args += [RUN_STREAM_TTL_S, self.channel(run_id), int(type in TERMINAL_EVENTS)]
+        body = event_body(run_id, tenant_id, type, data)
+        args: list[str | bytes | int] = [dumps(body), type, STREAM_MAXLEN, RUN_STREAM_TTL_S]
+        args += [self.channel(run_id), int(type in TERMINAL_EVENTS), _for_waiters(body, run)]
         return [*keys, *args]
 
     def subscribe_webhooks(self, hooks: Sequence[Hook]) -> None:
@@ -172,19 +192,37 @@ class RunEvents:
         pipe.execute()
 
 
+def _for_waiters(body: dict[str, Any], run: dict[str, Any] | None) -> bytes:
+    """The channel's payload when it differs from the streams' (the event with its run), or
+    empty."""
+    if run is None:
+        return b""
+    text = dumps_bytes(body | {"run": run})
+    return text if len(text) <= MAX_CHANNEL_RUN_BYTES else b""
+
+
 class Signal:
     """What one watcher of a run hears: ``changed`` on each of its events, ``settled`` on its
-    terminal one. A lost connection sets both (events may have been missed): the watcher then
-    reads the store or the run's stream again."""
+    terminal one, and ``run``, the finished run, when that event carried it for this
+    watcher's tenant. A lost connection sets both (events may have been missed): the watcher
+    then reads the store or the run's stream again."""
 
-    def __init__(self) -> None:
+    def __init__(self, tenant_id: str | None = None) -> None:
+        self.tenant_id = tenant_id
         self.changed = asyncio.Event()
         self.settled = asyncio.Event()
+        self.run: dict[str, Any] | None = None
 
     def notify(self, *, settled: bool) -> None:
         self.changed.set()
         if settled:
             self.settled.set()
+
+    def hear(self, event: dict[str, Any]) -> None:
+        settled = event.get("type") in TERMINAL_EVENTS
+        if settled and self.tenant_id is not None and event.get("tenant_id") == self.tenant_id:
+            self.run = event.get("run")
+        self.notify(settled=settled)
 
 
 class RunWatch:
@@ -234,16 +272,17 @@ class RunWatch:
                 log.warning("a pub/sub connection did not close", error=type(exc).__name__)
 
     @contextlib.asynccontextmanager
-    async def watch(self, run_id: str) -> AsyncIterator[Signal]:
-        """Hear ``run_id``'s events while inside; ``redis.RedisError`` if the subscription is
-        not live within ``LIVE_TIMEOUT_S`` (Redis is unreachable)."""
+    async def watch(self, run_id: str, tenant_id: str | None = None) -> AsyncIterator[Signal]:
+        """Hear ``run_id``'s events while inside (and, given the run's ``tenant_id``, the run
+        its terminal event carries); ``redis.RedisError`` if the subscription is not live
+        within ``LIVE_TIMEOUT_S`` (Redis is unreachable)."""
         if not self._live.is_set():
             try:
                 await asyncio.wait_for(self._live.wait(), self.LIVE_TIMEOUT_S)
             except TimeoutError:
                 raise redis.TimeoutError("run events are not reachable") from None
         channel = channel_name(self.namespace, run_id).encode()
-        signal = Signal()
+        signal = Signal(tenant_id)
         self._watchers.setdefault(channel, set()).add(signal)
         try:
             yield signal
@@ -280,9 +319,9 @@ class RunWatch:
         if message["type"] == "pmessage":
             watchers = self._watchers.get(message["channel"])
             if watchers:
-                settled = json.loads(message["data"]).get("type") in TERMINAL_EVENTS
+                event = json.loads(message["data"])
                 for signal in watchers:
-                    signal.notify(settled=settled)
+                    signal.hear(event)
         elif message["type"] == "psubscribe":  # made, or made again after a reconnect
             self._live.set()
             self._wake_all()

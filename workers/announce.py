@@ -19,6 +19,8 @@ from dispatcher.events import EventType, RunEvent, RunEvents
 from dispatcher.metrics import count_attempt, count_run_finished
 from dispatcher.queue import enqueue_hop
 from dispatcher.store.lifecycle import AttemptRow, Claim, Decision, Fail, NextHop, Succeed
+from schemas.runs import RunPublic
+from schemas.webhooks import TERMINAL_EVENTS
 
 log = structlog.get_logger(__name__)
 
@@ -78,15 +80,28 @@ class Outbox:
     ended: list[str] = field(default_factory=list)
     owners: set[str] = field(default_factory=set)
 
-    def announce(self, claim: Claim, events: list[Event]) -> None:
-        self.events.extend(RunEvent(claim.run_id, claim.tenant_id, t, d) for t, d in events)
+    def announce(self, claim: Claim, events: list[Event], run: RunPublic | None = None) -> None:
+        """Add the claimed run's ``events``; ``run``, the run they ended, goes with the
+        terminal one to waiting clients."""
+        body = None if run is None else run.model_dump(mode="json")
+        self.events.extend(
+            RunEvent(claim.run_id, claim.tenant_id, t, d, body if t in TERMINAL_EVENTS else None)
+            for t, d in events
+        )
 
-    def move(self, claim: Claim, decision: Decision, attempt: AttemptRow | None) -> None:
+    def move(
+        self,
+        claim: Claim,
+        decision: Decision,
+        attempt: AttemptRow | None,
+        run: RunPublic | None = None,
+    ) -> None:
         """The run moved as ``decision`` says after ``attempt`` (None: its hop was passed
-        over): its events, its next hop's message (if any), and its counts."""
+        over): its events (with ``run`` when that is the run they ended), its next hop's
+        message (if any), and its counts."""
         if isinstance(decision, NextHop):
             self.hops.append((claim.run_id, decision))
-        self.announce(claim, outcome_events(claim, attempt, decision))
+        self.announce(claim, outcome_events(claim, attempt, decision), run)
         status = None if isinstance(decision, NextHop) else _STATUS[type(decision)]
         if attempt is not None:
             self.attempts.append((attempt, status))

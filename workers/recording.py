@@ -6,8 +6,9 @@ For the attempts whose calls ended since the last cycle (``Finished``):
    earned and reads its chain's cooling state), once: a retried write keeps its decision;
 2. write them all in one transaction (group commit): each run's next state, if its claim still
    holds, its attempt row and usage event, and its credential's health;
-3. add to the cycle's ``Outbox`` what they announce: their events, next hops, and the tenants
-   whose credential health changed; the writer sends it after the commit;
+3. add to the cycle's ``Outbox`` what they announce: their events (a run that ended at its
+   only attempt with its whole body, for waiting clients), next hops, and the tenants whose
+   credential health changed; the writer sends it after the commit;
 4. wake each attempt's task, which then ends and gives its slot back.
 
 Outcomes the store refused are tried again in the next cycles, with those that finished
@@ -18,6 +19,7 @@ sweeper sends the runs again.
 
 import asyncio
 from dataclasses import dataclass, field
+from datetime import datetime
 
 import redis
 import structlog
@@ -25,6 +27,7 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from dispatcher.cooldowns import Cooldowns
+from dispatcher.db import utcnow
 from dispatcher.routing import Cooling
 from dispatcher.store import lifecycle
 from dispatcher.store.lifecycle import AttemptRow, Claim, Outcome
@@ -92,9 +95,9 @@ class Recorder:
     def record(self, pending: Pending, outbox: Outbox) -> Pending | None:
         """Write ``pending`` in one transaction (see the module's docstring); what is left to
         try again in a later cycle, or None."""
-        outcomes = pending.outcomes
+        outcomes, now = pending.outcomes, utcnow()
         try:
-            recorded, changed = self._write(outcomes)
+            recorded, changed = self._write(outcomes, now)
         except SQLAlchemyError:
             pending.tries += 1
             if pending.tries < MAX_TRIES:
@@ -106,7 +109,7 @@ class Recorder:
         outbox.owners.update(changed)
         for outcome, ok in zip(outcomes, recorded, strict=True):
             if ok:
-                self._announce(outcome, outbox)
+                self._announce(outcome, outbox, now)
             else:
                 log.warning(
                     "outcome dropped: the claim was lost (lease lapsed or run ended)",
@@ -115,11 +118,13 @@ class Recorder:
         self.runtime.resolve(pending.waiting)
         return None
 
-    def _write(self, outcomes: list[Outcome]) -> tuple[list[bool], set[str]]:
-        """Record the outcomes and their credentials' health: which were recorded, and the
-        tenants whose credential health changed."""
+    def _write(self, outcomes: list[Outcome], now: datetime) -> tuple[list[bool], set[str]]:
+        """Record the outcomes at ``now`` and their credentials' health: which were recorded,
+        and the tenants whose credential health changed."""
         with self.engine.begin() as connection:
-            recorded = lifecycle.record(connection, outcomes, requeue_after_s=self.requeue_after_s)
+            recorded = lifecycle.record(
+                connection, outcomes, requeue_after_s=self.requeue_after_s, now=now
+            )
             changed = {
                 o.claim.tenant_id
                 for o, ok in zip(outcomes, recorded, strict=True)
@@ -127,9 +132,9 @@ class Recorder:
             }
         return recorded, changed
 
-    def _announce(self, outcome: Outcome, outbox: Outbox) -> None:
+    def _announce(self, outcome: Outcome, outbox: Outbox, now: datetime) -> None:
         claim, attempt, decision = outcome.claim, outcome.attempt, outcome.decision
-        outbox.move(claim, decision, attempt)
+        outbox.move(claim, decision, attempt, lifecycle.ended_run(outcome, now))
         log.info(
             "attempt recorded",
             run_id=claim.run_id,

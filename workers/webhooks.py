@@ -36,11 +36,11 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session
 
 from dispatcher import log as logging_setup
-from dispatcher.api.views import run_public
 from dispatcher.db import init_db, make_engine, utcnow
 from dispatcher.events import outbox_name
 from dispatcher.netguard import UnsafeURL, guarded_client
 from dispatcher.queue import DELIVERY_ACTOR, DELIVERY_QUEUE, enqueue_delivery, make_broker
+from dispatcher.runviews import run_public
 from dispatcher.settings import Settings
 from dispatcher.store import idempotency
 from dispatcher.store import runs as run_store

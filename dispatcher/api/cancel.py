@@ -7,9 +7,9 @@ from sqlmodel import Session
 
 from dispatcher.api.deps import ServicesDep, TenantDep
 from dispatcher.api.errors import ApiError
-from dispatcher.api.views import run_public
 from dispatcher.models import Run
 from dispatcher.queue import enqueue_poll
+from dispatcher.runviews import run_public
 from dispatcher.services import Services
 from dispatcher.store import lifecycle, runs
 from schemas.runs import RunPublic

@@ -18,20 +18,24 @@ from typing import Annotated, Any
 
 import redis
 import redis.asyncio as aioredis
+import structlog
 from fastapi import APIRouter, FastAPI, Header, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
+from pydantic import ValidationError
 from sqlmodel import Session
 
 from dispatcher.api.deps import ServicesDep, TenantDep
 from dispatcher.api.errors import ApiError
 from dispatcher.db import utcnow
-from dispatcher.events import RunWatch
+from dispatcher.events import RunWatch, Signal
 from dispatcher.models import Run
 from dispatcher.services import Services
 from dispatcher.store import runs as store
 from schemas.runs import TERMINAL_STATUSES, RunPublic
 from schemas.webhooks import TERMINAL_EVENTS
+
+log = structlog.get_logger(__name__)
 
 #: A comment line this often keeps proxies from closing a quiet stream.
 KEEPALIVE_S = 15.0
@@ -76,18 +80,20 @@ def wait_preference(prefer: str | None) -> float | None:
 async def wait_for_run(
     watch: RunWatch,
     run_id: str,
+    tenant_id: str,
     load: Callable[[], RunPublic | None],
     wait_s: float,
     start: Callable[[], Awaitable[None]] | None = None,
 ) -> RunPublic | None:
-    """``load()`` once the run is over, or after ``wait_s``. Woken by its terminal event (or a
-    lost connection); the store has the last word. ``start``, when given, creates the run: it
-    is awaited once the run is watched, so its first read waits for its terminal event."""
+    """The run once it is over, or ``load()`` after ``wait_s``. Woken by its terminal event
+    (or a lost connection): the run that event carries for ``tenant_id``, else ``load()``.
+    ``start``, when given, creates the run: it is awaited once the run is watched, so the run
+    is read only when its terminal event came without it."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + wait_s
     async with AsyncExitStack() as stack:
         try:  # the only step that talks to Redis: the rest waits on the watch's signal
-            signal = await stack.enter_async_context(watch.watch(run_id))
+            signal = await stack.enter_async_context(watch.watch(run_id, tenant_id))
         except redis.RedisError:
             if start is not None:
                 await start()
@@ -97,11 +103,23 @@ async def wait_for_run(
             await _heard(signal.settled, wait_s)
         while True:
             signal.settled.clear()
-            run = await run_in_threadpool(load)
+            run = _carried(signal) or await run_in_threadpool(load)
             remaining = deadline - loop.time()
             if run is None or run.status in TERMINAL_STATUSES or remaining <= 0:
                 return run
             await _heard(signal.settled, remaining)
+
+
+def _carried(signal: Signal) -> RunPublic | None:
+    """The finished run the signal's terminal event carried, if it did (and is readable)."""
+    body, signal.run = signal.run, None
+    if body is None:
+        return None
+    try:
+        return RunPublic.model_validate(body)
+    except ValidationError:
+        log.warning("a terminal event carried an unreadable run; reading the store")
+        return None
 
 
 def load_run(services: Services, tenant_id: str, run_id: str) -> Run | None:

@@ -10,7 +10,7 @@ from sqlmodel import Session
 from dispatcher.api import events, webhooks
 from dispatcher.api.deps import UNAUTHORIZED, ServicesDep, TenantDep
 from dispatcher.api.errors import ApiError
-from dispatcher.api.views import run_public
+from dispatcher.runviews import run_public
 from dispatcher.services import Services
 from dispatcher.store import runs as store
 from schemas.runs import RunPage, RunPublic, RunStatus
@@ -47,7 +47,8 @@ async def get_run(
         run = await run_in_threadpool(read_run, services, tenant_id, run_id)
     else:
         load = functools.partial(read_run, services, tenant_id, run_id)
-        run = await events.wait_for_run(events.watch_of(request), run_id, load, wait_s)
+        watch = events.watch_of(request)
+        run = await events.wait_for_run(watch, run_id, tenant_id, load, wait_s)
     if run is None:
         raise ApiError(404, "not_found", f"no run {run_id!r}")
     response.headers.update(served_by(run))

@@ -142,7 +142,7 @@ async def submit_run(request: Request) -> Response:
     headers["preference-applied"] = f"wait={wait_s:g}"
     load = functools.partial(read_run, services, tenant_id, accepted.id)
     watch = events.watch_of(request)
-    done = await events.wait_for_run(watch, accepted.id, load, wait_s, start=store)
+    done = await events.wait_for_run(watch, accepted.id, tenant_id, load, wait_s, start=store)
     if done is not None and done.status in TERMINAL_STATUSES:
         return json_response(done, 200, headers | served_by(done))
     return json_response(accepted, 202, headers)

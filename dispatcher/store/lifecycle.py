@@ -51,9 +51,11 @@ from sqlmodel import Session
 
 from dispatcher.db import utcnow
 from dispatcher.models import Attempt, Run, UsageEvent
+from dispatcher.runviews import run_public
 from schemas.hops import Hop
 from schemas.inference import Usage
 from schemas.routing import DEFAULT_MAX_ATTEMPTS
+from schemas.runs import RunPublic
 
 #: A poll message may arrive this much before its poll is due (clocks of other processes).
 POLL_EARLY_S = 0.5
@@ -85,6 +87,11 @@ class Claim:
     deadline_at: datetime | None = None
     #: The provider's job this attempt waits on (a poll's claim); None for a fresh attempt.
     job: dict[str, Any] | None = None
+    #: What the run shows besides (``dispatcher.runviews``): its first claim's time, its
+    #: metadata and the routing config version it was routed with.
+    started_at: datetime | None = None
+    meta: dict[str, str] | None = None
+    routing_version: int | None = None
 
     @property
     def hop(self) -> Hop:
@@ -166,7 +173,7 @@ class Outcome:
 _RETURNED = (
     _RUN.id, _RUN.tenant_id, _RUN.app, _RUN.input, _RUN.chain, _RUN.hop_index,
     _RUN.attempt_count, _RUN.created_at, _RUN.policy, _RUN.max_attempts, _RUN.deadline_at,
-    _RUN.pending_job,
+    _RUN.pending_job, _RUN.started_at, _RUN.meta, _RUN.routing_version,
 )  # fmt: skip
 _AT_HOPS = tuple_(_RUN.id, _RUN.hop_index).in_(bindparam("keys", expanding=True))
 _NOW = bindparam("now", type_=_RUN.lease_expires_at.type)
@@ -300,7 +307,11 @@ _MARK = (
 
 
 def record(
-    connection: Connection, outcomes: Sequence[Outcome], *, requeue_after_s: float
+    connection: Connection,
+    outcomes: Sequence[Outcome],
+    *,
+    requeue_after_s: float,
+    now: datetime | None = None,
 ) -> list[bool]:
     """Write each outcome whose claim still holds: its attempt, its usage event, and the run's
     next state. One answer per outcome: False (and nothing written for it) when the lease was
@@ -313,7 +324,7 @@ def record(
     """
     if not outcomes:
         return []
-    now, mark = utcnow(), "." + uuid.uuid4().hex
+    now, mark = now or utcnow(), "." + uuid.uuid4().hex
     claims = [(o.claim.run_id, o.claim.token) for o in outcomes]
     rows = connection.execute(_MARK, {"claims": claims, "mark": mark})
     marked = {(run_id, token) for run_id, token in rows}
@@ -334,6 +345,58 @@ def record(
     usage = [_usage_event(o, attempt_id, now) for o, attempt_id in zip(written, ids, strict=True)]
     connection.execute(_INSERT_USAGE, usage)
     return held
+
+
+@dataclass(frozen=True)
+class _EndedRun:
+    """A run's columns as an outcome that ended it left them (``dispatcher.runviews``)."""
+
+    id: str
+    app: str
+    status: str
+    output: dict[str, Any] | None
+    error: dict[str, Any] | None
+    usage: dict[str, Any] | None
+    provider: str | None
+    model: str | None
+    credential_kind: str | None
+    credential_name: str | None
+    meta: dict[str, str] | None
+    routing_version: int | None
+    policy: str | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    pending_job: dict[str, Any] | None = None
+
+
+def ended_run(outcome: Outcome, now: datetime) -> RunPublic | None:
+    """The run as the store holds it once ``record`` wrote ``outcome`` at ``now``, when that
+    is known without reading it: the outcome ended the run and its attempt is the run's only
+    one. None otherwise (the run goes on, or earlier attempts are only in the store)."""
+    claim, decision = outcome.claim, outcome.decision
+    if isinstance(decision, NextHop) or claim.attempt != 1:
+        return None
+    state = _next_state(decision, claim, now, requeue_after_s=0)
+    run = _EndedRun(
+        id=claim.run_id,
+        app=claim.app,
+        status="succeeded" if isinstance(decision, Succeed) else "failed",
+        output=state.get("output"),
+        error=state.get("error"),
+        usage=state.get("usage"),
+        provider=state.get("provider"),
+        model=state.get("model"),
+        credential_kind=state.get("credential_kind"),
+        credential_name=state.get("credential_name"),
+        meta=claim.meta,
+        routing_version=claim.routing_version,
+        policy=claim.policy,
+        created_at=claim.created_at,
+        started_at=claim.started_at,
+        finished_at=now,
+    )
+    return run_public(run, [outcome.attempt])
 
 
 def release(

@@ -11,8 +11,9 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
-from dispatcher.events import RunEvent, RunEvents, RunWatch
+from dispatcher.events import MAX_CHANNEL_RUN_BYTES, RunEvent, RunEvents, RunWatch
 from dispatcher.settings import Settings
+from schemas.runs import RunPublic
 
 
 @pytest.fixture
@@ -149,7 +150,7 @@ def test_a_submit_that_waits_is_still_stored_when_run_events_are_unreachable() -
 
     class Unreachable:
         @contextlib.asynccontextmanager
-        async def watch(self, run_id: str) -> AsyncIterator[None]:
+        async def watch(self, run_id: str, tenant_id: str) -> AsyncIterator[None]:
             raise redis.TimeoutError("run events are not reachable")
             yield
 
@@ -161,5 +162,95 @@ def test_a_submit_that_waits_is_still_stored_when_run_events_are_unreachable() -
     def load() -> None:
         done.append("read")
 
-    found = asyncio.run(wait_for_run(Unreachable(), "run_x", load, 5, start=start))  # type: ignore[arg-type]
+    found = asyncio.run(wait_for_run(Unreachable(), "run_x", "ten_1", load, 5, start=start))  # type: ignore[arg-type]
     assert found is None and done == ["stored", "read"]
+
+
+def _finished_run(run_id: str, text: str = "hi") -> dict[str, Any]:
+    return {
+        "id": run_id, "app": "openai/gpt-4o-mini", "status": "succeeded",
+        "output": {"text": text}, "error": None, "usage": None, "cost_usd": 0.0,
+        "provider": "openai", "model": "gpt-4o-mini", "credential_kind": "shared",
+        "credential_name": None, "metadata": None, "routing_version": None, "policy": None,
+        "attempts": [], "created_at": "2026-11-22T10:00:00Z",
+        "timings": {
+            "created_at": "2026-11-22T10:00:00Z", "started_at": None, "finished_at": None,
+            "queued_ms": None, "total_ms": None,
+        },
+    }  # fmt: skip
+
+
+def test_a_terminal_event_carries_its_run_to_waiters_of_its_tenant_only(
+    settings: Settings, events: RunEvents
+) -> None:
+    """The run rides on the pub/sub message alone: waiters of the run's tenant get it; a
+    waiter of another tenant, and the streams (kept, read by other systems and webhooks),
+    never see it; a run too large for a message is left out, and its waiters read the
+    store."""
+    namespace = events.namespace
+    huge = "x" * (MAX_CHANNEL_RUN_BYTES + 1)
+
+    async def scenario() -> list[dict[str, Any] | None]:
+        watch = RunWatch(aioredis.Redis.from_url(settings.locate_redis()), namespace)
+        await watch.start()
+        try:
+            async with (
+                watch.watch("run_s", "ten_1") as mine,
+                watch.watch("run_s", "ten_2") as theirs,
+                watch.watch("run_h", "ten_1") as huge_one,
+            ):
+                await asyncio.to_thread(
+                    events.publish_many,
+                    [
+                        RunEvent("run_s", "ten_1", "succeeded", {}, _finished_run("run_s")),
+                        RunEvent("run_h", "ten_1", "succeeded", {}, _finished_run("run_h", huge)),
+                    ],
+                )
+                for signal in (mine, theirs, huge_one):
+                    await asyncio.wait_for(signal.settled.wait(), 5)
+                return [mine.run, theirs.run, huge_one.run]
+        finally:
+            await watch.close()
+
+    assert asyncio.run(scenario()) == [_finished_run("run_s"), None, None]
+    for run_id in ("run_s", "run_h"):
+        ((_, fields),) = events.client.xrange(events.run_stream(run_id))
+        assert "run" not in json.loads(fields[b"event"])
+
+
+def test_a_waiting_client_is_answered_from_the_terminal_event_without_reading_the_store(
+    settings: Settings, events: RunEvents
+) -> None:
+    from dispatcher.api.events import wait_for_run
+
+    reads: list[str] = []
+
+    def load() -> RunPublic | None:
+        reads.append("read")
+        return RunPublic.model_validate(_finished_run("run_w", "from the store"))
+
+    async def scenario() -> tuple[RunPublic | None, RunPublic | None]:
+        watch = RunWatch(aioredis.Redis.from_url(settings.locate_redis()), events.namespace)
+        await watch.start()
+
+        async def finish(run_id: str, run: dict[str, Any] | None) -> None:
+            await asyncio.to_thread(
+                events.publish_many, [RunEvent(run_id, "ten_1", "succeeded", {}, run)]
+            )
+
+        try:
+            carried = await wait_for_run(
+                watch, "run_w", "ten_1", load, 5,
+                start=lambda: finish("run_w", _finished_run("run_w", "from the event")),
+            )  # fmt: skip
+            bare = await wait_for_run(
+                watch, "run_w", "ten_1", load, 5, start=lambda: finish("run_w", None)
+            )
+            return carried, bare
+        finally:
+            await watch.close()
+
+    carried, bare = asyncio.run(scenario())
+    assert carried is not None and carried.output == {"text": "from the event"}
+    assert bare is not None and bare.output == {"text": "from the store"}
+    assert reads == ["read"]  # only the event without its run sent the waiter to the store

@@ -2,6 +2,7 @@
 
 import time
 from datetime import timedelta
+from typing import Any
 
 import pytest
 from sqlalchemy import Engine
@@ -9,6 +10,7 @@ from sqlmodel import Session, col, func, select
 
 from dispatcher.db import utcnow
 from dispatcher.models import Attempt, UsageEvent
+from dispatcher.runviews import run_public
 from dispatcher.store import lifecycle, runs, tenants
 from dispatcher.store.lifecycle import AttemptRow, Claim, Fail, NextHop, Outcome, Succeed
 from schemas.hops import Hop
@@ -28,11 +30,11 @@ def tenant_id(engine: Engine) -> str:
         return tenant.id
 
 
-def _new_run(engine: Engine, tenant_id: str, requeue_after_s: float = 600) -> str:
+def _new_run(engine: Engine, tenant_id: str, requeue_after_s: float = 600, **fields: Any) -> str:
     with Session(engine) as session:
         run = runs.create_run(
             session, tenant_id=tenant_id, app="simulated/echo", input={"prompt": "x"},
-            chain=CHAIN, requeue_after_s=requeue_after_s,
+            chain=CHAIN, requeue_after_s=requeue_after_s, **fields,
         )  # fmt: skip
         session.commit()
         return run.id
@@ -477,3 +479,55 @@ def test_an_input_with_integers_beyond_64_bits_is_stored_and_claimed_whole(
         session.commit()
     claim = _claim(engine, run.id)
     assert claim is not None and claim.input == big
+
+
+def _shown(engine: Engine, tenant_id: str, run_id: str) -> dict[str, Any]:
+    """The run as ``GET /v1/runs/{id}`` shows it, read from the store."""
+    with Session(engine) as session:
+        run = runs.get_run(session, tenant_id, run_id)
+        assert run is not None
+        return run_public(run, runs.attempts_of(session, [run_id])[run_id]).model_dump(mode="json")
+
+
+@pytest.mark.parametrize(
+    "decision",
+    [
+        Succeed(output={"text": "hi", "parts": [1, 2.5, None]}, usage=Usage(input_tokens=3)),
+        Fail(code="provider_error", message="the provider failed", status_code=503),
+    ],
+)
+def test_a_run_ended_at_its_only_attempt_is_told_whole_as_the_store_then_shows_it(
+    engine: Engine, tenant_id: str, decision: lifecycle.Decision
+) -> None:
+    """What a worker hands waiting clients with the terminal event is the body a read of the
+    store gives once the outcome is committed, field for field."""
+    run_id = _new_run(
+        engine, tenant_id, meta={"team": "data"}, routing_version=3, policy="failover"
+    )
+    claim = _claim(engine, run_id)
+    assert claim is not None
+    outcome = Outcome(
+        claim, _attempt(claim, "succeeded" if isinstance(decision, Succeed) else "failed"), decision
+    )
+    now = utcnow()
+    with engine.begin() as connection:
+        assert lifecycle.record(connection, [outcome], requeue_after_s=600, now=now) == [True]
+    told = lifecycle.ended_run(outcome, now)
+    assert told is not None
+    assert told.model_dump(mode="json") == _shown(engine, tenant_id, run_id)
+    assert told.metadata == {"team": "data"} and told.routing_version == 3
+
+
+def test_a_run_that_goes_on_or_had_earlier_attempts_is_not_told_whole(
+    engine: Engine, tenant_id: str
+) -> None:
+    run_id = _new_run(engine, tenant_id)
+    first = _claim(engine, run_id)
+    assert first is not None
+    moved = Outcome(first, _attempt(first, "failed"), NextHop(hop=1, provider="openai"))
+    assert lifecycle.ended_run(moved, utcnow()) is None
+    assert _record_all(engine, [moved]) == [True]
+    second = _claim(engine, run_id, hop=1)
+    assert second is not None and second.attempt == 2
+    ended = Outcome(second, _attempt(second), Succeed(output={"text": "ok"}, usage=Usage()))
+    assert lifecycle.ended_run(ended, utcnow()) is None  # its first attempt is only in the store

@@ -163,6 +163,11 @@ def test_prefer_wait_answers_200_with_the_finished_run(client: httpx.Client) -> 
     assert response.headers["preference-applied"] == "wait=20"
     run = response.json()
     assert run["status"] == "succeeded" and run["output"]["text"] == "hello"
+    # the worker hands the finished run to waiters with its terminal event: it is the run the
+    # store shows, field for field
+    stored = client.get(f"/v1/runs/{run['id']}")
+    assert run == stored.json()
+    assert response.headers["x-dispatcher-provider"] == stored.headers["x-dispatcher-provider"]
 
 
 def test_prefer_wait_answers_202_when_the_run_outlasts_it(client: httpx.Client) -> None:
@@ -179,6 +184,7 @@ def test_prefer_wait_sees_a_failure_too(client: httpx.Client) -> None:
     failing = {"app": "simulated/echo", "input": {"prompt": "x", "fail_with": 400}}
     response = submit(client, failing, prefer="wait=20")
     assert response.status_code == 200 and response.json()["status"] == "failed"
+    assert response.json() == client.get(f"/v1/runs/{response.json()['id']}").json()
 
 
 def test_prefer_wait_with_an_idempotency_key_answers_the_run_and_its_replay(

@@ -1,0 +1,148 @@
+"""A run as the API shows it (``RunPublic``), from its stored values: the one builder behind
+``GET /v1/runs/{id}``, the run a webhook delivers, and the run a worker hands to waiting
+clients with its terminal event. It reads attributes only, so a store row and a worker's
+values of the same run give the same body."""
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any, Protocol
+
+from schemas.inference import Usage
+from schemas.runs import AttemptPublic, ProviderJob, RunError, RunPublic, Timings
+
+
+class RunValues(Protocol):
+    """The run's columns that ``RunPublic`` shows (``dispatcher.models.Run`` has them)."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def app(self) -> str: ...
+    @property
+    def status(self) -> str: ...
+    @property
+    def output(self) -> dict[str, Any] | None: ...
+    @property
+    def error(self) -> dict[str, Any] | None: ...
+    @property
+    def usage(self) -> dict[str, Any] | None: ...
+    @property
+    def provider(self) -> str | None: ...
+    @property
+    def model(self) -> str | None: ...
+    @property
+    def credential_kind(self) -> str | None: ...
+    @property
+    def credential_name(self) -> str | None: ...
+    @property
+    def meta(self) -> dict[str, str] | None: ...
+    @property
+    def routing_version(self) -> int | None: ...
+    @property
+    def policy(self) -> str | None: ...
+    @property
+    def pending_job(self) -> dict[str, Any] | None: ...
+    @property
+    def created_at(self) -> datetime: ...
+    @property
+    def started_at(self) -> datetime | None: ...
+    @property
+    def finished_at(self) -> datetime | None: ...
+
+
+class AttemptValues(Protocol):
+    """An attempt's columns (``dispatcher.models.Attempt``; a worker's ``AttemptRow``)."""
+
+    @property
+    def number(self) -> int: ...
+    @property
+    def hop(self) -> int: ...
+    @property
+    def provider(self) -> str: ...
+    @property
+    def model(self) -> str | None: ...
+    @property
+    def credential_kind(self) -> str: ...
+    @property
+    def credential_name(self) -> str | None: ...
+    @property
+    def outcome(self) -> str: ...
+    @property
+    def status_code(self) -> int | None: ...
+    @property
+    def error_class(self) -> str | None: ...
+    @property
+    def message(self) -> str | None: ...
+    @property
+    def retry_after_s(self) -> float | None: ...
+    @property
+    def latency_ms(self) -> float: ...
+    @property
+    def usage(self) -> dict[str, Any] | None: ...
+    @property
+    def cost_usd(self) -> float: ...
+    @property
+    def provider_job(self) -> dict[str, Any] | None: ...
+    @property
+    def started_at(self) -> datetime: ...
+    @property
+    def finished_at(self) -> datetime: ...
+
+
+def _ms(start: datetime | None, end: datetime | None) -> float | None:
+    if start is None or end is None:
+        return None
+    return round((end - start).total_seconds() * 1000, 3)
+
+
+def attempt_public(attempt: AttemptValues) -> AttemptPublic:
+    return AttemptPublic.model_validate(
+        {
+            "number": attempt.number,
+            "hop": attempt.hop,
+            "provider": attempt.provider,
+            "model": attempt.model,
+            "credential_kind": attempt.credential_kind,
+            "credential_name": attempt.credential_name,
+            "outcome": attempt.outcome,
+            "status_code": attempt.status_code,
+            "error_class": attempt.error_class,
+            "message": attempt.message,
+            "retry_after_s": attempt.retry_after_s,
+            "latency_ms": attempt.latency_ms,
+            "usage": attempt.usage,
+            "cost_usd": attempt.cost_usd,
+            "provider_job": attempt.provider_job,
+            "started_at": attempt.started_at,
+            "finished_at": attempt.finished_at,
+        }
+    )
+
+
+def run_public(run: RunValues, attempts: Sequence[AttemptValues]) -> RunPublic:
+    return RunPublic(
+        id=run.id,
+        app=run.app,
+        status=run.status,
+        output=run.output,
+        error=RunError.model_validate(run.error) if run.error else None,
+        usage=Usage.model_validate(run.usage) if run.usage else None,
+        cost_usd=round(sum(attempt.cost_usd for attempt in attempts), 8),
+        provider=run.provider,
+        model=run.model,
+        credential_kind=run.credential_kind,
+        credential_name=run.credential_name,
+        metadata=run.meta,
+        routing_version=run.routing_version,
+        policy=run.policy,
+        pending_job=ProviderJob.model_validate(run.pending_job) if run.pending_job else None,
+        attempts=[attempt_public(attempt) for attempt in attempts],
+        timings=Timings(
+            created_at=run.created_at,
+            started_at=run.started_at,
+            finished_at=run.finished_at,
+            queued_ms=_ms(run.created_at, run.started_at),
+            total_ms=_ms(run.created_at, run.finished_at),
+        ),
+        created_at=run.created_at,
+    )
