@@ -97,8 +97,13 @@ def redact_secrets(
     _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
 ) -> MutableMapping[str, Any]:
     """The structlog processor: secret-named fields masked, every text redacted, nested
-    dicts and lists included."""
+    dicts and lists included. Most lines hold only ids and names: one search over all their
+    texts at once clears them (a text that could hold a secret still gets every pattern)."""
+    texts = [value for value in event_dict.values() if isinstance(value, str)]
+    clear = not _MAYBE_SECRET.search("\n".join(texts))
     for name, value in event_dict.items():
+        if clear and isinstance(value, str) and name.lower() not in _SECRET_FIELDS:
+            continue
         event_dict[name] = _redacted(name, value)
     return event_dict
 
@@ -144,6 +149,10 @@ def configure(log_format: str = "console", level: str = "INFO") -> None:
             ],
         )
     )
+    # No line shows where it was logged from, or the thread or process: the standard
+    # library need not walk the stack for them on every line (its documented optimization).
+    logging._srcfile = None
+    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
