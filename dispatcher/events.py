@@ -106,9 +106,9 @@ class RunEvent(NamedTuple):
     tenant_id: str
     type: EventType
     data: dict[str, Any]
-    #: The finished run (``RunPublic`` as JSON values), for waiters only (the module's
-    #: docstring): set on a terminal event whose run is known whole.
-    run: dict[str, Any] | None = None
+    #: The finished run (``RunPublic``'s JSON), for waiters only (the module's docstring):
+    #: set on a terminal event whose run is known whole.
+    run: bytes | None = None
 
 
 @dataclass(frozen=True)
@@ -173,9 +173,9 @@ class RunEvents:
     def _publish_args(self, event: RunEvent) -> list[str | bytes | int]:
         run_id, tenant_id, type, data, run = event
         keys = [self.stream(), self.run_stream(run_id), self.hook(run_id), self.outbox()]
-        body = event_body(run_id, tenant_id, type, data)
-        args: list[str | bytes | int] = [dumps(body), type, STREAM_MAXLEN, RUN_STREAM_TTL_S]
-        args += [self.channel(run_id), int(type in TERMINAL_EVENTS), _for_waiters(body, run)]
+        text = dumps_bytes(event_body(run_id, tenant_id, type, data))
+        args: list[str | bytes | int] = [text, type, STREAM_MAXLEN, RUN_STREAM_TTL_S]
+        args += [self.channel(run_id), int(type in TERMINAL_EVENTS), _for_waiters(text, run)]
         return [*keys, *args]
 
     def subscribe_webhooks(self, hooks: Sequence[Hook]) -> None:
@@ -192,13 +192,12 @@ class RunEvents:
         pipe.execute()
 
 
-def _for_waiters(body: dict[str, Any], run: dict[str, Any] | None) -> bytes:
-    """The channel's payload when it differs from the streams' (the event with its run), or
-    empty."""
-    if run is None:
+def _for_waiters(stream_payload: bytes, run: bytes | None) -> bytes:
+    """The channel's payload when it differs from the streams' (the event, a JSON object,
+    with its run's JSON spliced in as ``run``), or empty."""
+    if run is None or len(stream_payload) + len(run) > MAX_CHANNEL_RUN_BYTES:
         return b""
-    text = dumps_bytes(body | {"run": run})
-    return text if len(text) <= MAX_CHANNEL_RUN_BYTES else b""
+    return b"".join((stream_payload[:-1], b',"run":', run, b"}"))
 
 
 class Signal:

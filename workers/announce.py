@@ -83,7 +83,7 @@ class Outbox:
     def announce(self, claim: Claim, events: list[Event], run: RunPublic | None = None) -> None:
         """Add the claimed run's ``events``; ``run``, the run they ended, goes with the
         terminal one to waiting clients."""
-        body = None if run is None else run.model_dump(mode="json")
+        body = None if run is None else run.__pydantic_serializer__.to_json(run)
         self.events.extend(
             RunEvent(claim.run_id, claim.tenant_id, t, d, body if t in TERMINAL_EVENTS else None)
             for t, d in events

@@ -166,6 +166,10 @@ def test_a_submit_that_waits_is_still_stored_when_run_events_are_unreachable() -
     assert found is None and done == ["stored", "read"]
 
 
+def _json(value: Any) -> bytes:
+    return json.dumps(value).encode()
+
+
 def _finished_run(run_id: str, text: str = "hi") -> dict[str, Any]:
     return {
         "id": run_id, "app": "openai/gpt-4o-mini", "status": "succeeded",
@@ -202,8 +206,10 @@ def test_a_terminal_event_carries_its_run_to_waiters_of_its_tenant_only(
                 await asyncio.to_thread(
                     events.publish_many,
                     [
-                        RunEvent("run_s", "ten_1", "succeeded", {}, _finished_run("run_s")),
-                        RunEvent("run_h", "ten_1", "succeeded", {}, _finished_run("run_h", huge)),
+                        RunEvent("run_s", "ten_1", "succeeded", {}, _json(_finished_run("run_s"))),
+                        RunEvent(
+                            "run_h", "ten_1", "succeeded", {}, _json(_finished_run("run_h", huge))
+                        ),
                     ],
                 )
                 for signal in (mine, theirs, huge_one):
@@ -233,7 +239,7 @@ def test_a_waiting_client_is_answered_from_the_terminal_event_without_reading_th
         watch = RunWatch(aioredis.Redis.from_url(settings.locate_redis()), events.namespace)
         await watch.start()
 
-        async def finish(run_id: str, run: dict[str, Any] | None) -> None:
+        async def finish(run_id: str, run: bytes | None) -> None:
             await asyncio.to_thread(
                 events.publish_many, [RunEvent(run_id, "ten_1", "succeeded", {}, run)]
             )
@@ -241,7 +247,7 @@ def test_a_waiting_client_is_answered_from_the_terminal_event_without_reading_th
         try:
             carried = await wait_for_run(
                 watch, "run_w", "ten_1", load, 5,
-                start=lambda: finish("run_w", _finished_run("run_w", "from the event")),
+                start=lambda: finish("run_w", _json(_finished_run("run_w", "from the event"))),
             )  # fmt: skip
             bare = await wait_for_run(
                 watch, "run_w", "ten_1", load, 5, start=lambda: finish("run_w", None)
