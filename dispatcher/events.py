@@ -9,9 +9,10 @@ the webhook outbox.
 
 Types: queued, running, attempt_failed, fell_back, waiting, succeeded, failed, canceled.
 A payload carries ids, statuses and error classes, never inputs, outputs or secrets. The one
-exception is for waiting clients, and on pub/sub only (nothing keeps it): a terminal event
-whose worker knows the whole run (its one attempt was this one) carries it as ``run``, the
-body ``GET /v1/runs/{id}`` would answer, so a waiter is answered without reading the store.
+exception is for waiting clients, and on pub/sub only (nothing keeps it): the terminal event
+of a run a submit waits on, whose worker knows the whole run (its one attempt was this one),
+carries it as ``run``, the body ``GET /v1/runs/{id}`` would answer, so the waiter is answered
+without reading the store.
 The streams and webhooks get the event without it; a body above ``MAX_CHANNEL_RUN_BYTES`` is
 left out, and its waiters read the store.
 

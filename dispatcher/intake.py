@@ -60,6 +60,8 @@ class Submission:
     #: Idempotency key rows (``dispatcher.store.idempotency.new_key``), in the same transaction.
     keys: list[dict[str, Any]] = field(default_factory=list)
     hooks: list[Hook] = field(default_factory=list)
+    #: A client waits on these runs (``Prefer: wait``): their messages say so.
+    waited: bool = False
 
 
 @dataclass(frozen=True)
@@ -154,7 +156,7 @@ class Intake:
                 return [KeyTaken()]
             raise
         try:
-            self._enqueue(batch, runs)
+            self._enqueue(batch)
         except redis.RedisError as exc:
             log.warning(
                 "runs not enqueued; deleted again", runs=len(runs), error=type(exc).__name__
@@ -165,8 +167,15 @@ class Intake:
             return [QueueUnavailable() for _ in batch]
         return [None] * len(batch)
 
-    def _enqueue(self, batch: list[Submission], runs: list[NewRun]) -> None:
+    def _enqueue(self, batch: list[Submission]) -> None:
         hooks = [hook for submission in batch for hook in submission.hooks]
         if hooks:
             self.events.subscribe_webhooks(hooks)
-        enqueue_hops(self.broker, [(run.id, 0, run.first_provider) for run in runs])
+        enqueue_hops(
+            self.broker,
+            [
+                (run.id, 0, run.first_provider, submission.waited)
+                for submission in batch
+                for run in submission.runs
+            ],
+        )

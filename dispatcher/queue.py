@@ -1,8 +1,10 @@
 """The queues: one dramatiq queue per provider, ``run.<provider>``.
 
-A message carries a run id and a hop index, never an input or a secret: the run's
-state lives in the store. Workers declare two actors per provider under the names
-given here, so the dispatcher can enqueue without importing them:
+A message carries a run id and a hop index, never an input or a secret: the run's state
+lives in the store. A run's first message also says when a client waits on the run
+(``waited``): its worker then hands the finished run to the waiter with the terminal event.
+Workers declare two actors per provider under the names given here, so the dispatcher can
+enqueue without importing them:
 
     run_hop.<provider>   claim the run at the hop and call the provider
     poll_hop.<provider>  poll the provider's job the run waits on (a fal job), or cancel
@@ -59,12 +61,12 @@ def enqueue_hop(
     broker.enqueue(_hop(actor_name(provider), run_id, hop_index, provider), delay=_ms(delay_s))
 
 
-def enqueue_hops(broker: DoorbellBroker, hops: Sequence[tuple[str, int, str]]) -> None:
-    """Each ``(run id, hop index, provider)`` at once, all in one Redis round trip."""
+def enqueue_hops(broker: DoorbellBroker, hops: Sequence[tuple[str, int, str, bool]]) -> None:
+    """Each ``(run id, hop index, provider, waited)`` at once, all in one Redis round trip."""
     broker.enqueue_many(
         [
-            (_hop(actor_name(provider), run_id, hop, provider), None)
-            for run_id, hop, provider in hops
+            (_hop(actor_name(provider), run_id, hop, provider, waited), None)
+            for run_id, hop, provider, waited in hops
         ]
     )
 
@@ -85,12 +87,19 @@ def enqueue_delivery(
     broker.enqueue(message, delay=_ms(delay_s))
 
 
-def _hop(actor: str, run_id: str, hop_index: int, provider: str) -> dramatiq.Message[None]:
-    return _message(queue_name(provider), actor, (run_id, hop_index))
+def _hop(
+    actor: str, run_id: str, hop_index: int, provider: str, waited: bool = False
+) -> dramatiq.Message[None]:
+    kwargs = {"waited": True} if waited else {}
+    return _message(queue_name(provider), actor, (run_id, hop_index), kwargs)
 
 
-def _message(queue: str, actor: str, args: tuple[str, int]) -> dramatiq.Message[None]:
-    return dramatiq.Message(queue_name=queue, actor_name=actor, args=args, kwargs={}, options={})
+def _message(
+    queue: str, actor: str, args: tuple[str, int], kwargs: dict[str, bool] | None = None
+) -> dramatiq.Message[None]:
+    return dramatiq.Message(
+        queue_name=queue, actor_name=actor, args=args, kwargs=kwargs or {}, options={}
+    )
 
 
 def _ms(delay_s: float) -> int | None:

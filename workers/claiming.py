@@ -16,7 +16,7 @@ For the runs the worker threads asked for (``Ask``: a hop message each):
 
 from collections.abc import Callable, Coroutine, Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import redis
@@ -46,6 +46,8 @@ class Ask:
 
     run_id: str
     hop_index: int
+    #: A client waits on the run (its message says so).
+    waited: bool = False
     answer: Future[bool] = field(default_factory=Future)
 
     @property
@@ -66,7 +68,7 @@ class Claimer:
     def claim(self, asks: Sequence[Ask], outbox: Outbox) -> None:
         """Claim the asked runs and start their calls (see the module's docstring)."""
         try:
-            claims, loaded = self._take([ask.key for ask in asks])
+            claims, loaded = self._take(asks)
         except SQLAlchemyError as exc:
             for ask in asks:
                 ask.answer.set_exception(exc)
@@ -79,11 +81,19 @@ class Claimer:
                 ask.answer.set_result(ask.key in started)
                 started.discard(ask.key)
 
-    def _take(self, keys: list[tuple[str, int]]) -> tuple[list[Claim], list[Loaded]]:
+    def _take(self, asks: Sequence[Ask]) -> tuple[list[Claim], list[Loaded]]:
+        keys = list(dict.fromkeys(ask.key for ask in asks))
         with self.engine.begin() as connection:
-            claims = lifecycle.claim_runs(connection, list(dict.fromkeys(keys)), self.lease_s)
+            claims = lifecycle.claim_runs(connection, keys, self.lease_s)
             load = self.credentials.load
-            return claims, [load(connection, claim.tenant_id, claim.hop) for claim in claims]
+            loaded = [load(connection, claim.tenant_id, claim.hop) for claim in claims]
+        waited = {ask.key for ask in asks if ask.waited}
+        if waited:
+            claims = [
+                replace(claim, waited=True) if (claim.run_id, claim.hop_index) in waited else claim
+                for claim in claims
+            ]
+        return claims, loaded
 
     def _start(
         self,

@@ -99,12 +99,12 @@ class HopExecutor:
     def _send(self, outbox: Outbox) -> None:
         outbox.send(self.broker, self.events, self.changes)
 
-    def handle(self, run_id: str, hop_index: int) -> None:
+    def handle(self, run_id: str, hop_index: int, waited: bool = False) -> None:
         """The hop actor's body: runs on a dramatiq worker thread and returns once the run's
-        call is started (or there is nothing to do)."""
+        call is started (or there is nothing to do). ``waited``: a client waits on the run."""
         self.runtime.slots.acquire()
         try:
-            started = self.writer.claim(run_id, hop_index)
+            started = self.writer.claim(run_id, hop_index, waited)
         except BaseException:
             self.runtime.slots.release()
             raise

@@ -63,10 +63,11 @@ class StoreWriter:
         """Claims and outcomes handed in for the next cycle."""
         return len(self._asks) + len(self._finished)
 
-    def claim(self, run_id: str, hop_index: int) -> bool:
-        """From a worker thread: claim the run at ``hop_index`` and start its call; wait for the
-        answer (True: started; False: nothing to do). A store error is raised."""
-        ask = Ask(run_id, hop_index)
+    def claim(self, run_id: str, hop_index: int, waited: bool = False) -> bool:
+        """From a worker thread: claim the run at ``hop_index`` (``waited``: a client waits on
+        it) and start its call; wait for the answer (True: started; False: nothing to do). A
+        store error is raised."""
+        ask = Ask(run_id, hop_index, waited)
         with self._wake:
             self._asks.append(ask)
             self._wake.notify()

@@ -129,12 +129,12 @@ async def submit_run(request: Request) -> Response:
         planned = await _plan(services, tenant_id, body)
         run = planned.run
         accepted = run_accepted(run.id, body.app, run.created_at)
-        store = functools.partial(_store, services, tenant_id, planned)
+        store = functools.partial(_store, services, tenant_id, planned, waited=wait_s is not None)
         if wait_s is None:
             await store()
             return json_response(accepted, 202, headers)
     else:
-        accepted, replayed = await _submit_once(services, tenant_id, body, key)
+        accepted, replayed = await _submit_once(services, tenant_id, body, key, wait_s is not None)
         headers["idempotent-replayed"] = str(replayed).lower()
         if wait_s is None:
             return json_response(accepted, 202, headers)
@@ -173,21 +173,26 @@ async def _plan(services: Services, tenant_id: str, body: RunCreate) -> Planned:
 
 
 async def _store(
-    services: Services, tenant_id: str, planned: Planned, key: tuple[str, str] | None = None
+    services: Services,
+    tenant_id: str,
+    planned: Planned,
+    key: tuple[str, str] | None = None,
+    *,
+    waited: bool,
 ) -> None:
-    """Store and enqueue one planned run (with its idempotency key's row); ``KeyTaken`` if a
-    concurrent request holds the key."""
+    """Store and enqueue one planned run (with its idempotency key's row; ``waited``: a
+    client waits on it); ``KeyTaken`` if a concurrent request holds the key."""
     run = planned.run
     keys = [idempotency.new_key(tenant_id, *key, run.id)] if key else []
     hooks = [planned.hook] if planned.hook else []
     try:
-        await services.intake.submit(Submission([run], keys, hooks))
+        await services.intake.submit(Submission([run], keys, hooks, waited))
     except QueueUnavailable:
         raise ApiError(503, "queue_unavailable", _QUEUE_DOWN) from None
 
 
 async def _submit_once(
-    services: Services, tenant_id: str, body: RunCreate, key: str
+    services: Services, tenant_id: str, body: RunCreate, key: str, waited: bool
 ) -> tuple[RunAccepted, bool]:
     """The run ``key`` names (True: it was created before), or a new one. Of concurrent
     duplicates, one inserts the key; the others fail on it and answer with its run."""
@@ -198,7 +203,7 @@ async def _submit_once(
             return first, True
         planned = await _plan(services, tenant_id, body)
         try:
-            await _store(services, tenant_id, planned, (key, hashed))
+            await _store(services, tenant_id, planned, (key, hashed), waited=waited)
         except KeyTaken:
             continue  # a concurrent duplicate inserted the key first: answer with its run
         return run_accepted(planned.run.id, body.app, planned.run.created_at), False

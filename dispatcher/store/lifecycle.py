@@ -92,6 +92,9 @@ class Claim:
     started_at: datetime | None = None
     meta: dict[str, str] | None = None
     routing_version: int | None = None
+    #: A client waits on the run (its message said so): its end is told whole
+    #: (``ended_run``).
+    waited: bool = False
 
     @property
     def hop(self) -> Hop:
@@ -371,11 +374,12 @@ class _EndedRun:
 
 
 def ended_run(outcome: Outcome, now: datetime) -> RunPublic | None:
-    """The run as the store holds it once ``record`` wrote ``outcome`` at ``now``, when that
-    is known without reading it: the outcome ended the run and its attempt is the run's only
-    one. None otherwise (the run goes on, or earlier attempts are only in the store)."""
+    """The run as the store holds it once ``record`` wrote ``outcome`` at ``now``, for the
+    client waiting on it, when that is known without reading it: the outcome ended the run
+    and its attempt is the run's only one. None otherwise (nobody waits, the run goes on, or
+    earlier attempts are only in the store)."""
     claim, decision = outcome.claim, outcome.decision
-    if isinstance(decision, NextHop) or claim.attempt != 1:
+    if not claim.waited or isinstance(decision, NextHop) or claim.attempt != 1:
         return None
     state = _next_state(decision, claim, now, requeue_after_s=0)
     run = _EndedRun(

@@ -58,7 +58,8 @@ def test_an_enqueue_survives_a_server_that_lost_its_scripts(settings: Settings) 
 
 def test_many_messages_go_out_together_each_queue_ringing_once(settings: Settings) -> None:
     broker = _broker(settings)
-    hops = [(f"run_{n}", 0, "simulated") for n in range(5)] + [("run_o", 1, "openai")]
+    hops = [(f"run_{n}", 0, "simulated", n == 0) for n in range(5)]
+    hops += [("run_o", 1, "openai", False)]
     enqueue_hops(broker, hops)
     for provider, count in (("simulated", 5), ("openai", 1)):
         assert broker.client.llen(broker.bell(queue_name(provider))) == 1
@@ -66,8 +67,10 @@ def test_many_messages_go_out_together_each_queue_ringing_once(settings: Setting
     consumer = broker.consume(queue_name("simulated"), prefetch=10, timeout=1000)
     received = [next(consumer) for _ in range(5)]  # dramatiq's own fetch reads them
     assert [message.args for message in received if message] == [
-        (run_id, 0) for run_id, _, _ in hops[:5]
+        (run_id, 0) for run_id, _, _, _ in hops[:5]
     ]
+    # a run a client waits on says so; the others carry nothing more
+    assert [m.kwargs for m in received if m] == [{"waited": True}, {}, {}, {}, {}]
     for message in received:
         assert message is not None
         consumer.ack(message)
@@ -84,7 +87,7 @@ def test_acks_from_many_threads_at_once_all_land(settings: Settings) -> None:
     """Threads that finish together leave their acks to the one sending: every message is
     acked, none is left in the queue's store or in the worker's ack set."""
     broker = _broker(settings)
-    enqueue_hops(broker, [(f"run_{n}", 0, "simulated") for n in range(60)])
+    enqueue_hops(broker, [(f"run_{n}", 0, "simulated", False) for n in range(60)])
     consumer = broker.consume(queue_name("simulated"), prefetch=60, timeout=1000)
     messages = [message for message in (next(consumer) for _ in range(61)) if message]
     assert len(messages) == 60 and _left(broker) == (60, 60)
@@ -106,7 +109,7 @@ def test_acks_from_many_threads_at_once_all_land(settings: Settings) -> None:
 
 def test_an_ack_redis_did_not_take_is_sent_with_the_next(settings: Settings) -> None:
     broker = _broker(settings)
-    enqueue_hops(broker, [("run_a", 0, "simulated"), ("run_b", 0, "simulated")])
+    enqueue_hops(broker, [("run_a", 0, "simulated", False), ("run_b", 0, "simulated", False)])
     consumer = broker.consume(queue_name("simulated"), prefetch=2, timeout=1000)
     first, second = (message for message in (next(consumer) for _ in range(3)) if message)
     real = broker.client.pipeline

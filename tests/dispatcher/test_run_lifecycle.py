@@ -1,6 +1,7 @@
 """The run state machine in the store, on SQLite and (when configured) Postgres."""
 
 import time
+from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
@@ -499,13 +500,14 @@ def _shown(engine: Engine, tenant_id: str, run_id: str) -> dict[str, Any]:
 def test_a_run_ended_at_its_only_attempt_is_told_whole_as_the_store_then_shows_it(
     engine: Engine, tenant_id: str, decision: lifecycle.Decision
 ) -> None:
-    """What a worker hands waiting clients with the terminal event is the body a read of the
+    """What a worker hands a waiting client with the terminal event is the body a read of the
     store gives once the outcome is committed, field for field."""
     run_id = _new_run(
         engine, tenant_id, meta={"team": "data"}, routing_version=3, policy="failover"
     )
-    claim = _claim(engine, run_id)
-    assert claim is not None
+    claimed = _claim(engine, run_id)
+    assert claimed is not None
+    claim = replace(claimed, waited=True)  # its message said a client waits
     outcome = Outcome(
         claim, _attempt(claim, "succeeded" if isinstance(decision, Succeed) else "failed"), decision
     )
@@ -516,18 +518,22 @@ def test_a_run_ended_at_its_only_attempt_is_told_whole_as_the_store_then_shows_i
     assert told is not None
     assert told.model_dump(mode="json") == _shown(engine, tenant_id, run_id)
     assert told.metadata == {"team": "data"} and told.routing_version == 3
+    nobody_waits = Outcome(claimed, outcome.attempt, decision)
+    assert lifecycle.ended_run(nobody_waits, now) is None
 
 
 def test_a_run_that_goes_on_or_had_earlier_attempts_is_not_told_whole(
     engine: Engine, tenant_id: str
 ) -> None:
     run_id = _new_run(engine, tenant_id)
-    first = _claim(engine, run_id)
-    assert first is not None
+    claimed = _claim(engine, run_id)
+    assert claimed is not None
+    first = replace(claimed, waited=True)
     moved = Outcome(first, _attempt(first, "failed"), NextHop(hop=1, provider="openai"))
     assert lifecycle.ended_run(moved, utcnow()) is None
     assert _record_all(engine, [moved]) == [True]
-    second = _claim(engine, run_id, hop=1)
-    assert second is not None and second.attempt == 2
+    taken = _claim(engine, run_id, hop=1)
+    assert taken is not None and taken.attempt == 2
+    second = replace(taken, waited=True)
     ended = Outcome(second, _attempt(second), Succeed(output={"text": "ok"}, usage=Usage()))
     assert lifecycle.ended_run(ended, utcnow()) is None  # its first attempt is only in the store

@@ -24,13 +24,14 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from dispatcher.api.app import create_app
+from dispatcher.events import channel_name
 from dispatcher.models import Run
 from dispatcher.services import build_services
 from dispatcher.settings import Settings
 from dispatcher.store import tenants
 from tests.fakes.server import FakeServer
 from tests.support.backends import TEST_DATABASE_URL, TEST_REDIS_URL, make_settings
-from tests.support.system import System
+from tests.support.system import System, wait_for_run
 from workers.webhooks import RETRY_DELAYS_S, Delivered, GiveUp, Outcome, Retry, decide
 
 pytestmark = pytest.mark.e2e
@@ -168,6 +169,36 @@ def test_prefer_wait_answers_200_with_the_finished_run(client: httpx.Client) -> 
     stored = client.get(f"/v1/runs/{run['id']}")
     assert run == stored.json()
     assert response.headers["x-dispatcher-provider"] == stored.headers["x-dispatcher-provider"]
+
+
+def test_only_a_run_a_client_waits_on_has_its_terminal_event_carry_it(
+    hooked: System, client: httpx.Client
+) -> None:
+    """The submit that waits marks its run's message; the worker then hands the finished run
+    with the terminal event on the run's channel (and only there). A run nobody waits on
+    costs the worker and every API process nothing more."""
+    settings = hooked.settings
+    listener = redis.Redis.from_url(settings.locate_redis()).pubsub()
+    listener.psubscribe(channel_name(settings.redis_namespace, "*"))
+    try:
+        waited = submit(client, ECHO, prefer="wait=20").json()
+        alone = submit(client, ECHO).json()["id"]
+        wait_for_run(client, alone)
+        terminal: dict[str, dict[str, Any]] = {}
+
+        def both_heard() -> bool:
+            message = listener.get_message(timeout=1)
+            if message is not None and message["type"] == "pmessage":
+                event = json.loads(message["data"])
+                if event["type"] == "succeeded":
+                    terminal[event["run_id"]] = event
+            return {waited["id"], alone} <= terminal.keys()
+
+        wait_until(both_heard, 20, "both runs' terminal events")
+    finally:
+        listener.close()
+    assert terminal[waited["id"]]["run"] == waited
+    assert "run" not in terminal[alone]
 
 
 def test_prefer_wait_answers_202_when_the_run_outlasts_it(client: httpx.Client) -> None:
