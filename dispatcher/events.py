@@ -319,9 +319,12 @@ class RunWatch:
         if message["type"] == "pmessage":
             watchers = self._watchers.get(message["channel"])
             if watchers:
-                event = json.loads(message["data"])
+                event = _event(message["data"])
                 for signal in watchers:
-                    signal.hear(event)
+                    if event is None:  # not ours to read: the watcher reads the store
+                        signal.notify(settled=True)
+                    else:
+                        signal.hear(event)
         elif message["type"] == "psubscribe":  # made, or made again after a reconnect
             self._live.set()
             self._wake_all()
@@ -330,6 +333,18 @@ class RunWatch:
         for watchers in self._watchers.values():
             for signal in watchers:
                 signal.notify(settled=True)
+
+
+def _event(data: bytes) -> dict[str, Any] | None:
+    """A channel message's event, or None (logged) if it is not one."""
+    try:
+        event = json.loads(data)
+    except ValueError:
+        event = None
+    if not isinstance(event, dict):
+        log.warning("run watch: a message on a run's channel is not an event", size=len(data))
+        return None
+    return event
 
 
 def _text(value: bytes | str | None) -> str:

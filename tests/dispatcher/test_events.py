@@ -260,3 +260,30 @@ def test_a_waiting_client_is_answered_from_the_terminal_event_without_reading_th
     assert carried is not None and carried.output == {"text": "from the event"}
     assert bare is not None and bare.output == {"text": "from the store"}
     assert reads == ["read"]  # only the event without its run sent the waiter to the store
+
+
+def test_a_message_that_is_no_event_wakes_its_watcher_and_the_watch_goes_on(
+    settings: Settings, events: RunEvents
+) -> None:
+    """Whatever else lands on a run's channel cannot stop the process's one listener: its
+    watchers are woken to read the store, and later events are heard as before."""
+
+    async def scenario() -> tuple[bool, dict[str, Any] | None, bool]:
+        watch = RunWatch(aioredis.Redis.from_url(settings.locate_redis()), events.namespace)
+        await watch.start()
+        try:
+            async with watch.watch("run_g", "ten_1") as garbled, watch.watch("run_n") as next_:
+                for data in (b"not json", b"[1, 2]"):
+                    events.client.publish(events.channel("run_g"), data)
+                woken = await _heard(garbled.settled)
+                await asyncio.to_thread(events.publish, "run_n", "ten_1", "succeeded")
+                return woken, garbled.run, await _heard(next_.settled)
+        finally:
+            await watch.close()
+
+    assert asyncio.run(scenario()) == (True, None, True)
+
+
+async def _heard(event: asyncio.Event) -> bool:
+    await asyncio.wait_for(event.wait(), 5)
+    return True
