@@ -8,15 +8,13 @@ figures from a tiny load in a few seconds, meaningless as speed.
 
 import argparse
 import os
-import platform
 import shutil
-import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 from bench import report
+from bench.machine import describe, machine
 from bench.phases import PHASES, Bench
 from bench.plan import FULL, QUICK, progress
 from bench.system import BenchSystem, Tuning, logged_errors, raise_open_files_limit
@@ -57,15 +55,6 @@ def _phases(text: str) -> frozenset[str]:
     return chosen
 
 
-def machine() -> dict[str, Any]:
-    return {
-        "cpus": os.cpu_count(),
-        "load_average": [round(x, 2) for x in os.getloadavg()],
-        "python": sys.version.split()[0],
-        "platform": platform.platform(),
-    }
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     tuning = Tuning(
@@ -85,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     before = machine()
     mode = "quick smoke run" if args.quick else "full run (a few minutes)"
     print(f"bench: {mode}, runs of {target.app} via the {target.pool} pool", flush=True)
+    print(describe(before), flush=True)
     system = BenchSystem(workdir, target, tuning)
     try:
         progress("starting Redis, the fake provider and the API")

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from bench.__main__ import parse_args
+from bench.machine import cpu_model
 from bench.phases import PHASES
 
 REPO = Path(__file__).resolve().parents[2]
@@ -104,6 +105,21 @@ def test_it_records_settings_memory_and_every_target(document: dict[str, Any]) -
     assert all(size and size > 0 for size in memory["worker_mib"].values()), memory
     assert len(document["targets"]) == 8
     assert [goal for goal in document["targets"] if goal["measured"] is None] == []
+
+
+def test_it_records_how_fast_the_machine_is_at_python_and_between_processes(
+    document: dict[str, Any], tmp_path: Path
+) -> None:
+    """Runs on different machines differ by what crossing processes costs as much as by
+    Python's speed: both are measured and kept with the figures."""
+    found = document["machine"]
+    assert found["cpus"] >= 1 and "cpu_model" in found
+    assert 0 < found["python_loop_us"] < 10_000
+    assert 0 < found["loopback_round_trip_us"] < 100_000
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nmodel name\t: Some CPU @ 2.0GHz\nflags\t: fpu\n")
+    assert cpu_model(cpuinfo) == "Some CPU @ 2.0GHz"
+    assert cpu_model(tmp_path / "absent") is None
 
 
 def test_only_names_the_figures_to_drive() -> None:
