@@ -4,11 +4,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import orjson
 from sqlalchemy import DateTime, Engine, TypeDecorator, event, inspect
 from sqlmodel import SQLModel, create_engine
 
-from dispatcher.jsontext import dumps
+from dispatcher.jsontext import dumps, loads
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -57,8 +56,8 @@ def make_engine(url: str) -> Engine:
     return create_engine(url, pool_size=16, max_overflow=16, pool_pre_ping=True, **_JSON_COLUMNS)
 
 
-#: The JSON columns (inputs, outputs, chains, usage) written and read by orjson.
-_JSON_COLUMNS: dict[str, Any] = {"json_serializer": dumps, "json_deserializer": orjson.loads}
+#: The JSON columns (inputs, outputs, chains, usage) written and read by ``jsontext``.
+_JSON_COLUMNS: dict[str, Any] = {"json_serializer": dumps, "json_deserializer": loads}
 
 
 class SchemaOutOfDate(RuntimeError):

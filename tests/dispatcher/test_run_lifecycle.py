@@ -471,7 +471,7 @@ def test_an_input_with_integers_beyond_64_bits_is_stored_and_claimed_whole(
 ) -> None:
     """The store's JSON columns are written by orjson, which refuses such integers: they go
     through the standard library instead, unchanged."""
-    big = {"prompt": "x", "n": 2**70, "nested": [-(2**65), 1.5, "é"]}
+    big = {"prompt": "x", "n": 2**70 + 1, "nested": [-(2**65) - 3, 1.5, "é"]}  # no float holds them
     with Session(engine) as session:
         run = runs.create_run(
             session, tenant_id=tenant_id, app="simulated/echo", input=big, chain=CHAIN,

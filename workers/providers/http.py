@@ -56,11 +56,10 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import httpx
-import orjson
 from pydantic import BaseModel, ValidationError
 
 from dispatcher.hosts import url_allowed
-from dispatcher.jsontext import dumps_bytes
+from dispatcher.jsontext import dumps_bytes, loads
 from dispatcher.settings import Settings
 from schemas.errors import ErrorClass
 from schemas.inference import ChatInput, ChatMessage, InferenceRequest, Usage
@@ -295,7 +294,7 @@ def google_details(body: dict[str, Any], kind: str) -> list[dict[str, Any]]:
 def json_body(response: httpx.Response) -> dict[str, Any]:
     """The answer's JSON object; ``{}`` when it is none (a list is read as its first item)."""
     try:
-        body = orjson.loads(response.content)
+        body = loads(response.content)
     except ValueError:
         return {}
     if isinstance(body, list) and body:

@@ -24,6 +24,7 @@ from workers.providers.http import (
     dig,
     error_from,
     int_at,
+    json_body,
     new_client,
     request_json,
     require_allowed,
@@ -260,3 +261,10 @@ def test_system_and_turns_gathers_system_and_developer_prompts() -> None:
 def test_text_of_reads_strings_and_text_parts() -> None:
     parts = [{"type": "text", "text": "a"}, {"type": "image_url"}, {"type": "text", "text": "b"}]
     assert (text_of("x"), text_of(parts), text_of(None)) == ("x", "ab", "")
+
+
+def test_an_answer_is_read_with_every_integer_exact() -> None:
+    """A provider's number beyond 64 bits stays an integer (orjson alone would make it a
+    float, losing digits, in the output the run stores)."""
+    answer = httpx.Response(200, content=b'{"id": 12345678901234567890123, "n": [1, 2.5]}')
+    assert json_body(answer) == {"id": 12345678901234567890123, "n": [1, 2.5]}
