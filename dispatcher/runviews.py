@@ -96,26 +96,9 @@ def _ms(start: datetime | None, end: datetime | None) -> float | None:
 
 
 def attempt_public(attempt: AttemptValues) -> AttemptPublic:
+    """Every field ``AttemptPublic`` has, read from the attempt's attribute of the same name."""
     return AttemptPublic.model_validate(
-        {
-            "number": attempt.number,
-            "hop": attempt.hop,
-            "provider": attempt.provider,
-            "model": attempt.model,
-            "credential_kind": attempt.credential_kind,
-            "credential_name": attempt.credential_name,
-            "outcome": attempt.outcome,
-            "status_code": attempt.status_code,
-            "error_class": attempt.error_class,
-            "message": attempt.message,
-            "retry_after_s": attempt.retry_after_s,
-            "latency_ms": attempt.latency_ms,
-            "usage": attempt.usage,
-            "cost_usd": attempt.cost_usd,
-            "provider_job": attempt.provider_job,
-            "started_at": attempt.started_at,
-            "finished_at": attempt.finished_at,
-        }
+        {name: getattr(attempt, name) for name in AttemptPublic.model_fields}
     )
 
 
