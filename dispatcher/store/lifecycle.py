@@ -178,7 +178,24 @@ _RETURNED = (
     _RUN.attempt_count, _RUN.created_at, _RUN.policy, _RUN.max_attempts, _RUN.deadline_at,
     _RUN.pending_job, _RUN.started_at, _RUN.meta, _RUN.routing_version,
 )  # fmt: skip
-_AT_HOPS = tuple_(_RUN.id, _RUN.hop_index).in_(bindparam("keys", expanding=True))
+
+
+def _pairs(column: Any, name: str) -> ColumnElement[bool]:
+    """``(id, column)`` among the pairs bound as ``name`` (``_pair_params``). The pairs' ids
+    are bound again on their own: SQLite finds rows by a row value only by scanning (the
+    whole table, or every run of a status), so the ids lead it to the primary key."""
+    return and_(
+        _RUN.id.in_(bindparam(f"{name}_ids", expanding=True)),
+        tuple_(_RUN.id, column).in_(bindparam(name, expanding=True)),
+    )
+
+
+def _pair_params(name: str, pairs: Sequence[tuple[str, Any]]) -> dict[str, Any]:
+    """The parameters of ``_pairs(..., name)`` for ``pairs`` of (run id, value)."""
+    return {name: list(pairs), f"{name}_ids": [run_id for run_id, _ in pairs]}
+
+
+_AT_HOPS = _pairs(_RUN.hop_index, "keys")
 _NOW = bindparam("now", type_=_RUN.lease_expires_at.type)
 _LEASE = bindparam("lease", type_=_RUN.lease_expires_at.type)
 _CLAIM = (
@@ -226,7 +243,7 @@ def claim_runs(
         return []
     now = utcnow()
     lease = now + timedelta(seconds=lease_s)
-    return _take(connection, _CLAIM, {"keys": list(keys), "now": now, "lease": lease})
+    return _take(connection, _CLAIM, _pair_params("keys", keys) | {"now": now, "lease": lease})
 
 
 def claim_job(
@@ -237,8 +254,7 @@ def claim_job(
     carries the job and the attempt the job belongs to; None if not ours to take (an early
     duplicate message, a poll in flight, the run moved on or ended)."""
     now = utcnow()
-    params = {
-        "keys": [(run_id, hop_index)],
+    params = _pair_params("keys", [(run_id, hop_index)]) | {
         "now": now,
         "due": now + timedelta(seconds=grace_s + POLL_EARLY_S),
         "lease": now + timedelta(seconds=lease_s),
@@ -301,7 +317,7 @@ _INSERT_USAGE = insert(USAGE)
 _MARK = (
     update(RUNS)
     .where(
-        tuple_(_RUN.id, _RUN.claim_token).in_(bindparam("claims", expanding=True)),
+        _pairs(_RUN.claim_token, "claims"),
         _RUN.status == "running",
     )
     .values(claim_token=_RUN.claim_token.concat(bindparam("mark")))
@@ -329,7 +345,7 @@ def record(
         return []
     now, mark = now or utcnow(), "." + uuid.uuid4().hex
     claims = [(o.claim.run_id, o.claim.token) for o in outcomes]
-    rows = connection.execute(_MARK, {"claims": claims, "mark": mark})
+    rows = connection.execute(_MARK, _pair_params("claims", claims) | {"mark": mark})
     marked = {(run_id, token) for run_id, token in rows}
     held = [(o.claim.run_id, o.claim.token + mark) in marked for o in outcomes]
     written = [o for o, ok in zip(outcomes, held, strict=True) if ok]
@@ -532,16 +548,16 @@ def cancel(
     return status, False
 
 
+_RENEW = update(RUNS).where(_pairs(_RUN.claim_token, "tokens")).values(lease_expires_at=_LEASE)
+
+
 def renew_leases(connection: Connection, tokens: dict[str, str], lease_s: float) -> int:
     """Extend the leases of the runs a live worker holds (run id -> claim token)."""
     if not tokens:
         return 0
-    result = connection.execute(
-        update(RUNS)
-        .where(tuple_(_RUN.id, _RUN.claim_token).in_(list(tokens.items())))
-        .values(lease_expires_at=utcnow() + timedelta(seconds=lease_s))
-    )
-    return result.rowcount
+    lease = utcnow() + timedelta(seconds=lease_s)
+    params = _pair_params("tokens", list(tokens.items())) | {"lease": lease}
+    return connection.execute(_RENEW, params).rowcount
 
 
 def sweep(

@@ -6,7 +6,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine
+from sqlalchemy import Engine, event
 from sqlmodel import Session, col, func, select
 
 from dispatcher.db import utcnow
@@ -537,3 +537,36 @@ def test_a_run_that_goes_on_or_had_earlier_attempts_is_not_told_whole(
     second = replace(taken, waited=True)
     ended = Outcome(second, _attempt(second), Succeed(output={"text": "ok"}, usage=Usage()))
     assert lifecycle.ended_run(ended, utcnow()) is None  # its first attempt is only in the store
+
+
+def test_claims_outcomes_and_renewals_find_their_runs_by_primary_key(
+    engine: Engine, tenant_id: str
+) -> None:
+    """A batch of thousands of queued runs must not make every claim scan them: each
+    statement that takes runs by (id, something) pairs searches the primary key."""
+    if engine.dialect.name != "sqlite":
+        pytest.skip("the plans checked are SQLite's")
+    run_ids = [_new_run(engine, tenant_id) for _ in range(3)]
+    statements: list[tuple[str, Any]] = []
+
+    def keep(_conn: Any, _cursor: Any, statement: str, params: Any, *_: Any) -> None:
+        if statement.lstrip().upper().startswith("UPDATE RUN"):
+            statements.append((statement, params))
+
+    event.listen(engine, "before_cursor_execute", keep)
+    try:
+        claim = _claim(engine, run_ids[0])
+        assert claim is not None
+        with engine.begin() as connection:
+            lifecycle.renew_leases(connection, {claim.run_id: claim.token}, lease_s=30)
+        assert _record(engine, claim, Succeed(output={"text": "ok"}, usage=Usage()))
+    finally:
+        event.remove(engine, "before_cursor_execute", keep)
+    assert len(statements) >= 4  # the claim, the renewal, the mark and the move
+    with engine.connect() as connection:
+        cursor = connection.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+        for statement, params in statements:
+            plan = [row[3] for row in cursor.execute("EXPLAIN QUERY PLAN " + statement, params)]
+            on_runs = [step for step in plan if " run " in f"{step} "]
+            assert on_runs, (statement, plan)
+            assert all("(id=?)" in step for step in on_runs), (statement, plan)
