@@ -5,8 +5,6 @@ module name (``python -m workers``), never by importing them.
 """
 
 import asyncio
-import contextlib
-import ctypes
 import json
 import os
 import sys
@@ -32,17 +30,20 @@ def main() -> None:
 @click.option("--port", type=int, default=None, help="port (default: PORT or 8000)")
 def serve(host: str | None, port: int | None) -> None:
     """Serve the HTTP API."""
-    _limit_malloc_arenas()
+    import structlog
     import uvicorn
 
     from dispatcher import log
     from dispatcher.api.app import create_app
+    from dispatcher.process import limit_arenas, settle_heap
     from dispatcher.services import build_services
 
+    limit_arenas()  # before any thread starts
     settings = Settings()
     log.configure(settings.resolved_log_format, settings.log_level)
     _check_vault_key(settings)
     app = create_app(build_services(settings, settings.locate_redis()))
+    structlog.get_logger(__name__).info("API starting", frozen_objects=settle_heap())
     uvicorn.run(
         app,
         host=host or settings.host,
@@ -54,17 +55,6 @@ def serve(host: str | None, port: int | None) -> None:
         # once instead of growing without bound.
         limit_concurrency=settings.api_max_connections,
     )
-
-
-#: glibc's ``mallopt`` parameter for the most malloc arenas a process makes.
-_M_ARENA_MAX = -8
-
-
-def _limit_malloc_arenas(arenas: int = 2) -> None:
-    """glibc gives threads that allocate at once arenas of their own (up to eight per core),
-    each keeping what it freed; two serve the API's few threads. Call before threads start."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6").mallopt(_M_ARENA_MAX, arenas)
 
 
 @main.command(context_settings={"ignore_unknown_options": True})

@@ -11,13 +11,13 @@ from dispatcher import log as logging_setup
 from dispatcher.catalog import load_catalog
 from dispatcher.changes import ChangeListener, ConfigChanges
 from dispatcher.db import init_db, make_engine
+from dispatcher.process import limit_arenas, settle_heap
 from dispatcher.queue import make_broker, queue_name
 from dispatcher.settings import Settings
 from dispatcher.vault import keyring_for
 from workers.actors import LogContext, declare_actors
 from workers.credentials import Credentials
 from workers.executor import HopExecutor
-from workers.malloc import limit_arenas
 from workers.providers import ADAPTERS, adapter_factory
 from workers.runtime import Runtime
 from workers.sweeper import Housekeeper
@@ -56,12 +56,18 @@ def run_pool(providers: list[str], settings: Settings) -> None:
     )
     housekeeper = Housekeeper(settings, engine, broker, runtime.held)
 
+    frozen = settle_heap()
     listener.start()
     runtime.start()
     executor.writer.start()
     worker.start()
     housekeeper.start()
-    log.info("worker pool started", providers=providers, max_in_flight=settings.max_in_flight)
+    log.info(
+        "worker pool started",
+        providers=providers,
+        max_in_flight=settings.max_in_flight,
+        frozen_objects=frozen,
+    )
     wait_for_signal()
 
     log.info("worker pool stopping", in_flight=runtime.in_flight)

@@ -39,6 +39,7 @@ from dispatcher import log as logging_setup
 from dispatcher.db import init_db, make_engine, utcnow
 from dispatcher.events import outbox_name
 from dispatcher.netguard import UnsafeURL, guarded_client
+from dispatcher.process import limit_arenas, settle_heap
 from dispatcher.queue import DELIVERY_ACTOR, DELIVERY_QUEUE, enqueue_delivery, make_broker
 from dispatcher.runviews import run_public
 from dispatcher.settings import Settings
@@ -48,7 +49,6 @@ from dispatcher.store import webhooks as store
 from dispatcher.vault import Keyring, VaultError, keyring_for
 from dispatcher.webhooks import sign
 from schemas.webhooks import TERMINAL_EVENTS
-from workers.malloc import limit_arenas
 from workers.pool import DRAIN_TIMEOUT_S, wait_for_signal
 from workers.runtime import Runtime
 
@@ -389,10 +389,11 @@ def run_webhook_pool(settings: Settings, delays: Sequence[float] = RETRY_DELAYS_
     )
     outbox = Outbox(settings, engine, broker)
 
+    frozen = settle_heap()
     runtime.start()
     worker.start()
     outbox.start()
-    log.info("webhook pool started", retry_delays_s=list(delays))
+    log.info("webhook pool started", retry_delays_s=list(delays), frozen_objects=frozen)
     wait_for_signal()
 
     log.info("webhook pool stopping", in_flight=runtime.in_flight)

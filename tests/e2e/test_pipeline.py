@@ -193,3 +193,21 @@ def test_worker_log_lines_inside_a_run_carry_its_context(
     assert recorded, lines
     for line in recorded:
         assert {"run_id", "tenant", "provider", "hop", "attempt"} <= line.keys()
+
+
+def test_the_api_and_the_worker_keep_their_start_up_heap_out_of_collections(
+    system: System, client: httpx.Client
+) -> None:
+    """Both processes settle their heap once started (``dispatcher.process``): a full
+    collection of it stalled a worker's calls for up to 150 ms."""
+    run_id = client.post("/v1/run", json={"app": "simulated/echo", "input": {}}).json()["id"]
+    wait_for_run(client, run_id)  # the worker is up
+    started = {"api.log": "API starting", "worker.log": "worker pool started"}
+    for name, event in started.items():
+        lines = [
+            json.loads(line)
+            for line in (system.workdir / name).read_text().splitlines()
+            if line.startswith("{")
+        ]
+        [line] = [line for line in lines if line["event"] == event]
+        assert line["frozen_objects"] > 50_000, line
