@@ -7,14 +7,13 @@ figures from a tiny load in a few seconds, meaningless as speed.
 """
 
 import argparse
-import os
 import shutil
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 
 from bench import report
-from bench.machine import describe, machine
+from bench.machine import cpu_ticks, describe, describe_during, during, machine
 from bench.phases import PHASES, Bench
 from bench.plan import FULL, QUICK, progress
 from bench.system import BenchSystem, Tuning, logged_errors, raise_open_files_limit
@@ -71,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     shutil.rmtree(workdir, ignore_errors=True)
     open_files = raise_open_files_limit()
     started, began = datetime.now(UTC), time.monotonic()
+    ticks = cpu_ticks()
     before = machine()
     mode = "quick smoke run" if args.quick else "full run (a few minutes)"
     print(f"bench: {mode}, runs of {target.app} via the {target.pool} pool", flush=True)
@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         "target": {"name": target.name, "app": target.app, "pool": target.pool},
         "tuning": tuning.as_dict() | {"open_files_limit": open_files},
         "plan": plan.as_dict(),
-        "machine": before | {"load_average_after": [round(x, 2) for x in os.getloadavg()]},
+        "machine": before | during(ticks),
         "figures": figures,
         "logged_errors": logged_errors(workdir),
         "early_exits": system.early_exits,
@@ -101,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     stamp = started.strftime("%Y%m%dT%H%M%SZ") + ("" if whole else "-partial")
     path = report.write(document, args.out, stamp, latest=whole)
     print(report.table(document))
+    print(describe_during(document["machine"]))
     print(f"\nwrote {path}" + (f" and {args.out / 'latest.json'}" if whole else ""))
     return 0
 

@@ -8,6 +8,12 @@ Python ran at the same speed: the difference was in what crossing between proces
 - ``python_loop_us``: ``sum(range(1000))``, best of several, in microseconds: pure Python.
 - ``loopback_round_trip_us``: one byte to another process over loopback TCP and back, the
   median of many, in microseconds: what every hop between the system's processes pays.
+
+A virtual machine's speed also changes while it runs, with what its neighbours on the same
+host do: on one machine the round trip went from 19 to 342 us within the hour, and every
+figure with it. So the run also records, at its end (``during``), the round trip measured
+again and ``stolen_share``: the share of the machine's CPU time the hypervisor gave to others
+during the run (``steal`` in ``/proc/stat``).
 """
 
 import os
@@ -45,6 +51,32 @@ def machine() -> dict[str, Any]:
         "platform": platform.platform(),
         "python_loop_us": python_loop_us(),
         "loopback_round_trip_us": loopback_round_trip_us(),
+    }
+
+
+def cpu_ticks(stat: Path = Path("/proc/stat")) -> tuple[int, int] | None:
+    """(stolen, all) CPU time of the machine so far, in ticks; None where not known."""
+    try:
+        first = stat.read_text().splitlines()[0].split()
+    except (OSError, IndexError):
+        return None
+    if first[:1] != ["cpu"] or len(first) < 9:
+        return None
+    ticks = [int(value) for value in first[1:9]]  # user .. steal; guest is inside user
+    return ticks[7], sum(ticks)
+
+
+def during(ticks_before: tuple[int, int] | None) -> dict[str, Any]:
+    """What the machine did over the run, read at its end (see the module's docstring)."""
+    ticks_after = cpu_ticks()
+    stolen = None
+    if ticks_before and ticks_after and ticks_after[1] > ticks_before[1]:
+        share = (ticks_after[0] - ticks_before[0]) / (ticks_after[1] - ticks_before[1])
+        stolen = round(share, 4)
+    return {
+        "load_average_after": [round(x, 2) for x in os.getloadavg()],
+        "loopback_round_trip_us_after": loopback_round_trip_us(),
+        "stolen_share": stolen,
     }
 
 
@@ -88,4 +120,15 @@ def describe(found: dict[str, Any]) -> str:
         f"machine: {found['cpus']} CPUs ({found.get('cpu_model') or 'model unknown'}), "
         f"load {found['load_average'][0]}; sum(range(1000)) {found.get('python_loop_us')} us; "
         f"loopback round trip between processes {found.get('loopback_round_trip_us')} us"
+    )
+
+
+def describe_during(found: dict[str, Any]) -> str:
+    """One line for the report's end: how the machine changed while the run went on."""
+    stolen = found.get("stolen_share")
+    share = "unknown" if stolen is None else f"{stolen:.1%}"
+    return (
+        f"during the run: CPU time stolen by the hypervisor {share}; loopback round trip "
+        f"{found.get('loopback_round_trip_us')} us at the start, "
+        f"{found.get('loopback_round_trip_us_after')} us at the end"
     )

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from bench.__main__ import parse_args
-from bench.machine import cpu_model
+from bench.machine import cpu_model, cpu_ticks
 from bench.phases import PHASES
 
 REPO = Path(__file__).resolve().parents[2]
@@ -120,6 +120,21 @@ def test_it_records_how_fast_the_machine_is_at_python_and_between_processes(
     cpuinfo.write_text("processor\t: 0\nmodel name\t: Some CPU @ 2.0GHz\nflags\t: fpu\n")
     assert cpu_model(cpuinfo) == "Some CPU @ 2.0GHz"
     assert cpu_model(tmp_path / "absent") is None
+
+
+def test_it_records_what_the_machine_did_during_the_run(
+    document: dict[str, Any], tmp_path: Path
+) -> None:
+    """A virtual machine's neighbours change its speed mid-run: the share of CPU time stolen
+    over the run and the round trip at its end are kept with the figures."""
+    found = document["machine"]
+    assert 0 < found["loopback_round_trip_us_after"] < 100_000
+    assert found["stolen_share"] is None or 0 <= found["stolen_share"] < 1
+    stat = tmp_path / "stat"
+    stat.write_text("cpu  100 5 50 800 10 0 3 40 0 0\ncpu0 50 2 25 400 5 0 1 20 0 0\n")
+    assert cpu_ticks(stat) == (40, 1008)
+    stat.write_text("intr 1 2 3\n")
+    assert cpu_ticks(stat) is None
 
 
 def test_only_names_the_figures_to_drive() -> None:
