@@ -31,7 +31,6 @@ one pattern subscription per process.
 
 import asyncio
 import contextlib
-import json
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
@@ -43,7 +42,7 @@ import structlog
 from redis.client import Pipeline
 from redis.exceptions import NoScriptError
 
-from dispatcher.jsontext import dumps, dumps_bytes
+from dispatcher.jsontext import dumps, dumps_bytes, loads
 from schemas.webhooks import TERMINAL_EVENTS, RunEventType
 
 log = structlog.get_logger(__name__)
@@ -296,9 +295,7 @@ class RunWatch:
         """The run's events after stream id ``after`` (``0-0``: all), oldest first."""
         stream = run_stream_name(self.namespace, run_id)
         entries = await self.client.xrange(stream, min=f"({after}", count=1000)
-        return [
-            (_text(entry), json.loads((fields or {})[b"event"])) for entry, fields in entries or []
-        ]
+        return [(_text(entry), loads((fields or {})[b"event"])) for entry, fields in entries or []]
 
     async def _read(self) -> None:
         while not self._closed:
@@ -338,7 +335,7 @@ class RunWatch:
 def _event(data: bytes) -> dict[str, Any] | None:
     """A channel message's event, or None (logged) if it is not one."""
     try:
-        event = json.loads(data)
+        event = loads(data)
     except ValueError:
         event = None
     if not isinstance(event, dict):

@@ -224,6 +224,30 @@ def test_a_terminal_event_carries_its_run_to_waiters_of_its_tenant_only(
         assert "run" not in json.loads(fields[b"event"])
 
 
+def test_a_carried_run_keeps_integers_beyond_64_bits_exact(
+    settings: Settings, events: RunEvents
+) -> None:
+    """Events are read back by ``jsontext.loads``: a reader that turned such integers into
+    floats would hand the waiter an output that is not the one stored."""
+    run = _finished_run("run_b") | {"output": {"n": 2**70 + 1, "m": -(2**65) - 3}}
+
+    async def scenario() -> dict[str, Any] | None:
+        watch = RunWatch(aioredis.Redis.from_url(settings.locate_redis()), events.namespace)
+        await watch.start()
+        try:
+            async with watch.watch("run_b", "ten_1") as signal:
+                await asyncio.to_thread(
+                    events.publish_many, [RunEvent("run_b", "ten_1", "succeeded", {}, _json(run))]
+                )
+                await asyncio.wait_for(signal.settled.wait(), 5)
+                return signal.run
+        finally:
+            await watch.close()
+
+    heard = asyncio.run(scenario())
+    assert heard is not None and heard["output"] == {"n": 2**70 + 1, "m": -(2**65) - 3}
+
+
 def test_a_waiting_client_is_answered_from_the_terminal_event_without_reading_the_store(
     settings: Settings, events: RunEvents
 ) -> None:
