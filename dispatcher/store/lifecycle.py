@@ -549,15 +549,21 @@ def cancel(
 
 
 _RENEW = update(RUNS).where(_pairs(_RUN.claim_token, "tokens")).values(lease_expires_at=_LEASE)
+#: Runs renewed per statement: three parameters each, well under every driver's limit
+#: (Postgres: 65,535 in one statement) however many calls a process holds.
+RENEW_CHUNK = 5000
 
 
 def renew_leases(connection: Connection, tokens: dict[str, str], lease_s: float) -> int:
     """Extend the leases of the runs a live worker holds (run id -> claim token)."""
-    if not tokens:
-        return 0
     lease = utcnow() + timedelta(seconds=lease_s)
-    params = _pair_params("tokens", list(tokens.items())) | {"lease": lease}
-    return connection.execute(_RENEW, params).rowcount
+    held = list(tokens.items())
+    renewed = 0
+    for start in range(0, len(held), RENEW_CHUNK):
+        chunk = held[start : start + RENEW_CHUNK]
+        params = _pair_params("tokens", chunk) | {"lease": lease}
+        renewed += connection.execute(_RENEW, params).rowcount
+    return renewed
 
 
 def sweep(

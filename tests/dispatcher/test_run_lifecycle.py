@@ -179,6 +179,21 @@ def test_renewing_a_lease_keeps_the_run_from_the_sweeper(engine: Engine, tenant_
         assert lifecycle.sweep(connection, requeue_after_s=600) == []
 
 
+def test_leases_beyond_one_statement_are_all_renewed(
+    engine: Engine, tenant_id: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A process holding tens of thousands of calls renews them in several statements: one
+    would pass the drivers' limit on parameters."""
+    monkeypatch.setattr(lifecycle, "RENEW_CHUNK", 2)
+    claims = [_claim(engine, _new_run(engine, tenant_id), lease_s=0.2) for _ in range(5)]
+    held = {claim.run_id: claim.token for claim in claims if claim is not None}
+    with engine.begin() as connection:
+        assert lifecycle.renew_leases(connection, held | {"run_gone": "t"}, lease_s=30) == 5
+    time.sleep(0.3)
+    with engine.begin() as connection:
+        assert lifecycle.sweep(connection, requeue_after_s=600) == []
+
+
 def test_runs_list_newest_first_with_a_cursor_and_filters(engine: Engine, tenant_id: str) -> None:
     ids = []
     for _ in range(5):
