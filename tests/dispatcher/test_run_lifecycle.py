@@ -6,7 +6,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, event
+from sqlalchemy import Engine
 from sqlmodel import Session, col, func, select
 
 from dispatcher.db import utcnow
@@ -16,6 +16,7 @@ from dispatcher.store import lifecycle, runs, tenants
 from dispatcher.store.lifecycle import AttemptRow, Claim, Fail, NextHop, Outcome, Succeed
 from schemas.hops import Hop
 from schemas.inference import Usage
+from tests.support.statements import sqlite_plan, statements_run
 
 CHAIN = [
     Hop(provider="simulated", model="echo"),
@@ -562,26 +563,15 @@ def test_claims_outcomes_and_renewals_find_their_runs_by_primary_key(
     if engine.dialect.name != "sqlite":
         pytest.skip("the plans checked are SQLite's")
     run_ids = [_new_run(engine, tenant_id) for _ in range(3)]
-    statements: list[tuple[str, Any]] = []
-
-    def keep(_conn: Any, _cursor: Any, statement: str, params: Any, *_: Any) -> None:
-        if statement.lstrip().upper().startswith("UPDATE RUN"):
-            statements.append((statement, params))
-
-    event.listen(engine, "before_cursor_execute", keep)
-    try:
+    with statements_run(engine, "UPDATE run") as statements:
         claim = _claim(engine, run_ids[0])
         assert claim is not None
         with engine.begin() as connection:
             lifecycle.renew_leases(connection, {claim.run_id: claim.token}, lease_s=30)
         assert _record(engine, claim, Succeed(output={"text": "ok"}, usage=Usage()))
-    finally:
-        event.remove(engine, "before_cursor_execute", keep)
     assert len(statements) >= 4  # the claim, the renewal, the mark and the move
-    with engine.connect() as connection:
-        cursor = connection.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
-        for statement, params in statements:
-            plan = [row[3] for row in cursor.execute("EXPLAIN QUERY PLAN " + statement, params)]
-            on_runs = [step for step in plan if " run " in f"{step} "]
-            assert on_runs, (statement, plan)
-            assert all("(id=?)" in step for step in on_runs), (statement, plan)
+    for statement, params in statements:
+        plan = sqlite_plan(engine, statement, params)
+        on_runs = [step for step in plan if " run " in f"{step} "]
+        assert on_runs, (statement, plan)
+        assert all("(id=?)" in step for step in on_runs), (statement, plan)

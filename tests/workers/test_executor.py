@@ -24,6 +24,7 @@ from dispatcher.settings import Settings
 from dispatcher.store import runs, tenants
 from dispatcher.vault import Keyring
 from schemas.hops import Hop
+from tests.support.statements import statements_run
 from workers.actors import retry_infrastructure
 from workers.credentials import Credentials
 from workers.executor import HopExecutor
@@ -99,18 +100,6 @@ def _hand_over(executor: HopExecutor, messages: list[tuple[str, int]]) -> list[t
     return threads
 
 
-def _claim_statements(engine: Engine) -> list[str]:
-    """The claim statements the engine runs from now on (observed, not replaced)."""
-    seen: list[str] = []
-
-    def watch(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
-        if statement.startswith("UPDATE run SET status=") and "RETURNING" in statement:
-            seen.append(statement)
-
-    event.listen(engine, "before_cursor_execute", watch)
-    return seen
-
-
 def test_messages_handed_over_together_are_claimed_in_one_statement_and_recorded_once(
     executor: HopExecutor,
     engine: Engine,
@@ -120,14 +109,15 @@ def test_messages_handed_over_together_are_claimed_in_one_statement_and_recorded
 ) -> None:
     run_ids = [_new_run(engine, tenant_id) for _ in range(12)]
     messages = [(run_id, 0) for run_id in run_ids + run_ids[:4]]  # four duplicates
-    claims = _claim_statements(engine)
-    threads = _hand_over(executor, messages)
-    _until(lambda: executor.writer.waiting == len(messages))
-    executor.writer.start()
-    for thread in threads:
-        thread.join(10)
-    _until(lambda: all(run.status in TERMINAL for run in _runs(engine, tenant_id, run_ids)))
+    with statements_run(engine, "UPDATE run SET status=") as updates:
+        threads = _hand_over(executor, messages)
+        _until(lambda: executor.writer.waiting == len(messages))
+        executor.writer.start()
+        for thread in threads:
+            thread.join(10)
+        _until(lambda: all(run.status in TERMINAL for run in _runs(engine, tenant_id, run_ids)))
 
+    claims = [statement for statement, _ in updates if "RETURNING" in statement]
     assert len(claims) == 1
     found = _runs(engine, tenant_id, run_ids)
     assert {(run.status, run.attempt_count) for run in found} == {("succeeded", 1)}
