@@ -18,6 +18,8 @@ not decrypt as its own fails the run at once: the vault fails closed (and is rea
 time, not kept).
 """
 
+from collections.abc import Sequence
+
 from sqlalchemy import Connection
 from sqlmodel import Session
 
@@ -75,15 +77,25 @@ class Credentials:
             return store.load_secret(session, self.keyring, owner, name)
 
 
-def note_health(connection: Connection, tenant_id: str, hop: Hop, attempt: AttemptRow) -> bool:
+def note_health(
+    connection: Connection, attempts: Sequence[tuple[str, Hop, AttemptRow]]
+) -> set[str]:
     """A tenant credential refused for quota or auth is unhealthy until it next succeeds.
-    True when this changed its health: the caller announces the tenant's change."""
-    if hop.credential_name is None:
-        return False
+    ``attempts`` (tenant id, hop, attempt) are a batch in the order they ended: each
+    credential takes the state its last attempt leaves it in, the ones that worked in one
+    statement (every attempt of a batch, or none, asks for it), the refused ones (rare) in one
+    each. The tenants whose credential health changed: the caller announces their change."""
+    last: dict[tuple[str, str], AttemptRow] = {}
+    for tenant_id, hop, attempt in attempts:
+        says = attempt.outcome == "succeeded" or attempt.error_class in CREDENTIAL_CLASSES
+        if hop.credential_name is not None and says:
+            last[(tenant_id, hop.credential_name)] = attempt
+    worked = [key for key, attempt in last.items() if attempt.outcome == "succeeded"]
+    changed = set(store.mark_all_healthy(connection, worked))
+    refused = {key: attempt for key, attempt in last.items() if attempt.outcome != "succeeded"}
     with Session(bind=connection) as session:
-        if attempt.outcome == "succeeded":
-            return store.mark_healthy(session, tenant_id, hop.credential_name)
-        if attempt.error_class in CREDENTIAL_CLASSES:
+        for (tenant_id, name), attempt in refused.items():
             reason = f"{attempt.error_class}: {attempt.message}"
-            return store.mark_unhealthy(session, tenant_id, hop.credential_name, reason)
-    return False
+            if store.mark_unhealthy(session, tenant_id, name, reason):
+                changed.add(tenant_id)
+    return changed

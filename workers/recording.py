@@ -125,11 +125,9 @@ class Recorder:
             recorded = lifecycle.record(
                 connection, outcomes, requeue_after_s=self.requeue_after_s, now=now
             )
-            changed = {
-                o.claim.tenant_id
-                for o, ok in zip(outcomes, recorded, strict=True)
-                if ok and note_health(connection, o.claim.tenant_id, o.claim.hop, o.attempt)
-            }
+            written = zip(outcomes, recorded, strict=True)
+            attempts = [(o.claim.tenant_id, o.claim.hop, o.attempt) for o, ok in written if ok]
+            changed = note_health(connection, attempts)
         return recorded, changed
 
     def _announce(self, outcome: Outcome, outbox: Outbox, now: datetime) -> None:

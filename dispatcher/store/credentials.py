@@ -5,10 +5,11 @@ function here serves both. Secrets go in as a ``CredentialSecret`` and come out 
 ``load_secret``; everything else returns ``CredentialPublic`` (metadata and a fingerprint).
 """
 
+from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any, NamedTuple
 
-from sqlalchemy import ColumnElement, bindparam
+from sqlalchemy import ColumnElement, Connection, bindparam, tuple_
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, col, func, select, update
 
@@ -98,7 +99,16 @@ def mark_unhealthy(session: Session, owner_id: str, name: str, reason: str) -> b
 
 def mark_healthy(session: Session, owner_id: str, name: str) -> bool:
     """Clear the flag; True only if it was unhealthy until now."""
-    return _set_health(session, owner_id, name, True, None)
+    return bool(mark_all_healthy(session.connection(), [(owner_id, name)]))
+
+
+def mark_all_healthy(connection: Connection, keys: Sequence[tuple[str, str]]) -> list[str]:
+    """Clear the flag of each credential (owner id, name) in one statement; the owners of
+    those that were unhealthy until now (one entry per credential)."""
+    if not keys:
+        return []
+    params = {"owners": [owner for owner, _ in keys], "keys": list(keys)}
+    return list(connection.execute(_HEAL, params).scalars())
 
 
 class Rotation(NamedTuple):
@@ -208,6 +218,21 @@ _SET_HEALTH = (
         _CREDENTIALS.c.healthy == bindparam("was"),
     )
     .values(healthy=bindparam("now_healthy"), health_reason=bindparam("reason"))
+)
+
+
+#: After a batch of attempts, every credential that just worked, in one statement: the owner ids
+#: alone lead SQLite to the index (it finds rows by a row value only by scanning).
+_HEAL = (
+    update(_CREDENTIALS)
+    .where(
+        _CREDENTIALS.c.owner_id.in_(bindparam("owners", expanding=True)),
+        tuple_(_CREDENTIALS.c.owner_id, _CREDENTIALS.c.name).in_(bindparam("keys", expanding=True)),
+        _CREDENTIALS.c.deleted_at.is_(None),
+        _CREDENTIALS.c.healthy.is_(False),
+    )
+    .values(healthy=True, health_reason=None)
+    .returning(_CREDENTIALS.c.owner_id)
 )
 
 

@@ -13,13 +13,21 @@ from sqlalchemy import Engine
 from sqlmodel import Session
 
 from dispatcher.changes import ChangeListener, ConfigChanges
+from dispatcher.db import utcnow
 from dispatcher.settings import Settings
 from dispatcher.store import tenants
-from dispatcher.store.credentials import delete_credential, put_credential
+from dispatcher.store.credentials import (
+    delete_credential,
+    get_credential,
+    mark_unhealthy,
+    put_credential,
+)
+from dispatcher.store.lifecycle import AttemptRow
 from dispatcher.vault import PLATFORM_OWNER, Keyring
 from schemas.credentials import OpenAICredential
 from schemas.hops import Hop
-from workers.credentials import Credentials, Loaded
+from tests.support.statements import sqlite_plan, statements_run
+from workers.credentials import Credentials, Loaded, note_health
 from workers.providers.errors import ProviderError
 
 KEYRING = Keyring({"kek1": os.urandom(32)}, active="kek1")
@@ -157,3 +165,53 @@ def test_a_credential_for_another_provider_is_refused(engine: Engine, tenant_id:
 
 def test_the_simulated_provider_needs_no_credential(engine: Engine) -> None:
     assert _load(engine, Credentials(KEYRING, ttl_s=60), "ten_x", Hop(provider="simulated")) is None
+
+
+def _attempt(outcome: str, error_class: str | None = None) -> AttemptRow:
+    now = utcnow()
+    return AttemptRow(
+        run_id="run_x", number=1, hop=0, provider="openai", model="gpt",
+        credential_kind="byok", credential_name="main", outcome=outcome, latency_ms=1.0,
+        started_at=now, finished_at=now, error_class=error_class, message="from the provider",
+    )  # fmt: skip
+
+
+def _health(engine: Engine, tenant_id: str) -> tuple[bool, str | None]:
+    with Session(engine) as session:
+        found = get_credential(session, tenant_id, "main")
+    assert found is not None
+    return found.healthy, found.health_reason
+
+
+def test_a_batch_leaves_each_credential_as_its_last_attempt_says_in_one_statement(
+    engine: Engine,
+) -> None:
+    """Successes on many tenants' credentials cost one statement, not one each; within a
+    batch the last attempt on a credential decides its health; only real changes count."""
+    was_unhealthy, flapped, refused_last, steady = (_tenant(engine) for _ in range(4))
+    with Session(engine) as session:
+        for tenant in (was_unhealthy, flapped):
+            assert mark_unhealthy(session, tenant, "main", "auth_failed: 401")
+        session.commit()
+    ok, refused = _attempt("succeeded"), _attempt("failed", "auth_failed")
+    batch = [
+        (was_unhealthy, HOP, ok),
+        (flapped, HOP, refused),
+        (flapped, HOP, ok),
+        (refused_last, HOP, ok),
+        (refused_last, HOP, refused),
+        (steady, HOP, ok),
+        (steady, HOP, _attempt("failed", "rate_limited")),  # says nothing of the key
+        (steady, Hop(provider="openai", model="gpt"), refused),  # the shared key: not theirs
+    ]
+    with statements_run(engine, "UPDATE credential") as updates, engine.begin() as connection:
+        changed = note_health(connection, batch)
+    assert changed == {was_unhealthy, flapped, refused_last}
+    assert len(updates) == 2  # every success at once, and the one refusal
+    assert _health(engine, was_unhealthy) == (True, None)
+    assert _health(engine, flapped) == (True, None)
+    assert _health(engine, refused_last) == (False, "auth_failed: from the provider")
+    assert _health(engine, steady) == (True, None)
+    if engine.dialect.name == "sqlite":  # the owner ids lead SQLite to the index
+        plan = sqlite_plan(engine, *updates[0])
+        assert not any(step.startswith("SCAN credential") for step in plan), plan
