@@ -42,7 +42,7 @@ import structlog
 from redis.client import Pipeline
 from redis.exceptions import NoScriptError
 
-from dispatcher.jsontext import dumps, dumps_bytes, loads
+from dispatcher.jsontext import dumps_bytes, loads
 from schemas.webhooks import TERMINAL_EVENTS, RunEventType
 
 log = structlog.get_logger(__name__)
@@ -93,12 +93,10 @@ def outbox_name(namespace: str) -> str:
     return f"{namespace}:webhooks:outbox"
 
 
-def event_body(run_id: str, tenant_id: str, type: str, data: dict[str, Any]) -> dict[str, Any]:
-    return {"run_id": run_id, "tenant_id": tenant_id, "type": type, "at": time.time(), **data}
-
-
-def payload(run_id: str, tenant_id: str, type: str, data: dict[str, Any]) -> str:
-    return dumps(event_body(run_id, tenant_id, type, data))
+def payload(run_id: str, tenant_id: str, type: str, data: dict[str, Any]) -> bytes:
+    """An event as the streams, the channel and the outbox carry it (JSON)."""
+    event = {"run_id": run_id, "tenant_id": tenant_id, "type": type, "at": time.time(), **data}
+    return dumps_bytes(event)
 
 
 class RunEvent(NamedTuple):
@@ -173,7 +171,7 @@ class RunEvents:
     def _publish_args(self, event: RunEvent) -> list[str | bytes | int]:
         run_id, tenant_id, type, data, run = event
         keys = [self.stream(), self.run_stream(run_id), self.hook(run_id), self.outbox()]
-        text = dumps_bytes(event_body(run_id, tenant_id, type, data))
+        text = payload(run_id, tenant_id, type, data)
         args: list[str | bytes | int] = [text, type, STREAM_MAXLEN, RUN_STREAM_TTL_S]
         args += [self.channel(run_id), int(type in TERMINAL_EVENTS), _for_waiters(text, run)]
         return [*keys, *args]

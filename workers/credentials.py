@@ -93,9 +93,10 @@ def note_health(
     worked = [key for key, attempt in last.items() if attempt.outcome == "succeeded"]
     changed = set(store.mark_all_healthy(connection, worked))
     refused = {key: attempt for key, attempt in last.items() if attempt.outcome != "succeeded"}
-    with Session(bind=connection) as session:
-        for (tenant_id, name), attempt in refused.items():
-            reason = f"{attempt.error_class}: {attempt.message}"
-            if store.mark_unhealthy(session, tenant_id, name, reason):
-                changed.add(tenant_id)
+    if refused:
+        with Session(bind=connection) as session:
+            for (tenant_id, name), attempt in refused.items():
+                reason = f"{attempt.error_class}: {attempt.message}"
+                if store.mark_unhealthy(session, tenant_id, name, reason):
+                    changed.add(tenant_id)
     return changed

@@ -94,7 +94,8 @@ def load_secret(
 
 def mark_unhealthy(session: Session, owner_id: str, name: str, reason: str) -> bool:
     """Flag a credential a provider refused; True only if it was healthy until now."""
-    return _set_health(session, owner_id, name, False, reason[:MAX_REASON])
+    params = {"owner": owner_id, "credential": name, "reason": reason[:MAX_REASON]}
+    return session.connection().execute(_HARM, params).rowcount == 1
 
 
 def mark_healthy(session: Session, owner_id: str, name: str) -> bool:
@@ -208,16 +209,16 @@ def _touch(session: Session, row: Credential) -> None:
 
 
 _CREDENTIALS = Credential.__table__  # type: ignore[attr-defined]
-#: Health changes run after every attempt on a tenant credential: one prebuilt statement.
-_SET_HEALTH = (
+#: A credential a provider refused (for quota or auth), if it was healthy.
+_HARM = (
     update(_CREDENTIALS)
     .where(
         _CREDENTIALS.c.owner_id == bindparam("owner"),
         _CREDENTIALS.c.name == bindparam("credential"),
         _CREDENTIALS.c.deleted_at.is_(None),
-        _CREDENTIALS.c.healthy == bindparam("was"),
+        _CREDENTIALS.c.healthy.is_(True),
     )
-    .values(healthy=bindparam("now_healthy"), health_reason=bindparam("reason"))
+    .values(healthy=False, health_reason=bindparam("reason"))
 )
 
 
@@ -234,14 +235,6 @@ _HEAL = (
     .values(healthy=True, health_reason=None)
     .returning(_CREDENTIALS.c.owner_id)
 )
-
-
-def _set_health(
-    session: Session, owner_id: str, name: str, healthy: bool, reason: str | None
-) -> bool:
-    params = {"owner": owner_id, "credential": name, "was": not healthy, "now_healthy": healthy}
-    result = session.connection().execute(_SET_HEALTH, params | {"reason": reason})
-    return result.rowcount == 1
 
 
 def _public(row: Credential) -> CredentialPublic:
