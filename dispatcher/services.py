@@ -10,6 +10,7 @@ from sqlalchemy import Engine
 from dispatcher.auth import KeyCache
 from dispatcher.catalog import Catalog, load_catalog
 from dispatcher.changes import ChangeListener, ConfigChanges
+from dispatcher.checkpoints import WalCheckpointer
 from dispatcher.db import init_db, make_engine
 from dispatcher.doorbell import DoorbellBroker
 from dispatcher.events import RunEvents
@@ -36,6 +37,7 @@ class Services:
     changes: ConfigChanges = field(init=False)
     intake: Intake = field(init=False)
     changes_listener: ChangeListener = field(init=False)
+    checkpoints: WalCheckpointer = field(init=False)
 
     def __post_init__(self) -> None:
         settings = self.settings
@@ -47,6 +49,8 @@ class Services:
         self.intake = Intake(self.engine, self.broker, self.events, settings.submit_batch_max)
         self.changes_listener = ChangeListener(self.redis, settings.redis_namespace, [self.routing])
         self.changes_listener.start()
+        self.checkpoints = WalCheckpointer(self.engine)
+        self.checkpoints.start()
 
     @property
     def redis(self) -> redis.Redis:
@@ -63,6 +67,7 @@ class Services:
     def close(self) -> None:
         self.changes_listener.stop()
         self.intake.close()
+        self.checkpoints.stop()
         self.broker.close()
         self.engine.dispose()
 

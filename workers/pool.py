@@ -10,6 +10,7 @@ from dramatiq.brokers.redis import RedisBroker
 from dispatcher import log as logging_setup
 from dispatcher.catalog import load_catalog
 from dispatcher.changes import ChangeListener, ConfigChanges
+from dispatcher.checkpoints import WalCheckpointer
 from dispatcher.db import init_db, make_engine
 from dispatcher.process import limit_arenas, settle_heap
 from dispatcher.queue import make_broker, queue_name
@@ -55,8 +56,10 @@ def run_pool(providers: list[str], settings: Settings) -> None:
         worker_timeout=settings.worker_poll_ms,
     )
     housekeeper = Housekeeper(settings, engine, broker, runtime.held)
+    checkpoints = WalCheckpointer(engine)
 
     frozen = settle_heap()
+    checkpoints.start()
     listener.start()
     runtime.start()
     executor.writer.start()
@@ -83,6 +86,7 @@ def run_pool(providers: list[str], settings: Settings) -> None:
         runtime.call(adapter.aclose(), timeout=5)
     runtime.stop()
     listener.stop()
+    checkpoints.stop()
     broker.close()
     engine.dispose()
 

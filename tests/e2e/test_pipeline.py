@@ -195,6 +195,19 @@ def test_worker_log_lines_inside_a_run_carry_its_context(
         assert {"run_id", "tenant", "provider", "hop", "attempt"} <= line.keys()
 
 
+STARTED = {"api.log": "API starting", "worker.log": "worker pool started"}
+
+
+def logged(system: System, name: str, event: str) -> list[dict[str, object]]:
+    """The JSON lines of ``event`` in the process log ``name``."""
+    lines = [
+        json.loads(line)
+        for line in (system.workdir / name).read_text().splitlines()
+        if line.startswith("{")
+    ]
+    return [line for line in lines if line["event"] == event]
+
+
 def test_the_api_and_the_worker_keep_their_start_up_heap_out_of_collections(
     system: System, client: httpx.Client
 ) -> None:
@@ -202,12 +215,19 @@ def test_the_api_and_the_worker_keep_their_start_up_heap_out_of_collections(
     collection of it stalled a worker's calls for up to 150 ms."""
     run_id = client.post("/v1/run", json={"app": "simulated/echo", "input": {}}).json()["id"]
     wait_for_run(client, run_id)  # the worker is up
-    started = {"api.log": "API starting", "worker.log": "worker pool started"}
-    for name, event in started.items():
-        lines = [
-            json.loads(line)
-            for line in (system.workdir / name).read_text().splitlines()
-            if line.startswith("{")
-        ]
-        [line] = [line for line in lines if line["event"] == event]
-        assert line["frozen_objects"] > 50_000, line
+    for name, event in STARTED.items():
+        [line] = logged(system, name, event)
+        frozen = line["frozen_objects"]
+        assert isinstance(frozen, int) and frozen > 50_000, line
+
+
+def test_on_sqlite_the_api_and_the_worker_checkpoint_the_store_log_off_their_commits(
+    system: System, client: httpx.Client
+) -> None:
+    """``dispatcher.checkpoints``: a commit that checkpointed stalled its stage for 4 ms+."""
+    run_id = client.post("/v1/run", json={"app": "simulated/echo", "input": {}}).json()["id"]
+    wait_for_run(client, run_id)
+    on_sqlite = system.engine.dialect.name == "sqlite"
+    for name in STARTED:
+        lines = logged(system, name, "store log checkpointed in the background")
+        assert len(lines) == (1 if on_sqlite else 0), lines
