@@ -8,6 +8,7 @@ from sqlalchemy import DateTime, Engine, TypeDecorator, event, inspect
 from sqlmodel import SQLModel, create_engine
 
 from dispatcher.jsontext import dumps, loads
+from dispatcher.writers import take_turns
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -41,17 +42,21 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 
 
 def make_engine(url: str) -> Engine:
-    """An engine for ``url``; for SQLite, the file's folder is created and WAL switched on."""
+    """An engine for ``url``; for a SQLite file, its folder is created, WAL switched on, and
+    the run path's writers take turns (``dispatcher.writers``)."""
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
     if url.startswith("sqlite"):
         path = url.split(":///", 1)[-1]
-        if path and path != ":memory:":
+        on_file = bool(path) and path != ":memory:"
+        if on_file:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(
             url, connect_args={"check_same_thread": False}, pool_size=16, **_JSON_COLUMNS
         )
         event.listen(engine, "connect", _sqlite_pragmas)
+        if on_file:
+            take_turns(engine, Path(path))
         return engine
     return create_engine(url, pool_size=16, max_overflow=16, pool_pre_ping=True, **_JSON_COLUMNS)
 

@@ -37,6 +37,7 @@ from dispatcher.events import Hook, RunEvents
 from dispatcher.queue import enqueue_hops
 from dispatcher.store.idempotency import delete_keys, insert_keys
 from dispatcher.store.runs import NewRun, delete_runs, insert_runs
+from dispatcher.writers import writing
 
 log = structlog.get_logger(__name__)
 
@@ -146,7 +147,7 @@ class Intake:
         runs = [run for submission in batch for run in submission.runs]
         keys = [key for submission in batch for key in submission.keys]
         try:
-            with self.engine.begin() as connection:
+            with writing(self.engine) as connection:
                 insert_runs(connection, runs)
                 insert_keys(connection, keys)
         except IntegrityError:
@@ -161,7 +162,7 @@ class Intake:
             log.warning(
                 "runs not enqueued; deleted again", runs=len(runs), error=type(exc).__name__
             )
-            with self.engine.begin() as connection:
+            with writing(self.engine) as connection:
                 delete_keys(connection, keys)
                 delete_runs(connection, [run.id for run in runs])
             return [QueueUnavailable() for _ in batch]

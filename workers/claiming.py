@@ -29,6 +29,7 @@ from dispatcher.db import utcnow
 from dispatcher.routing import Cooling, cooling_until
 from dispatcher.store import lifecycle
 from dispatcher.store.lifecycle import Claim
+from dispatcher.writers import writing
 from workers import announce
 from workers.announce import Outbox
 from workers.credentials import Credentials, Loaded
@@ -83,7 +84,7 @@ class Claimer:
 
     def _take(self, asks: Sequence[Ask]) -> tuple[list[Claim], list[Loaded]]:
         keys = list(dict.fromkeys(ask.key for ask in asks))
-        with self.engine.begin() as connection:
+        with writing(self.engine) as connection:
             claims = lifecycle.claim_runs(connection, keys, self.lease_s)
             load = self.credentials.load
             loaded = [load(connection, claim.tenant_id, claim.hop) for claim in claims]
@@ -124,7 +125,7 @@ class Claimer:
         store fails, the claim's lease lapses and the sweeper takes the run back."""
         decision = skip(claim, cooling)
         try:
-            with self.engine.begin() as connection:
+            with writing(self.engine) as connection:
                 released = lifecycle.release(
                     connection, claim, decision, requeue_after_s=self.requeue_after_s
                 )

@@ -53,6 +53,7 @@ from dispatcher.queue import enqueue_poll
 from dispatcher.settings import Settings
 from dispatcher.store import lifecycle
 from dispatcher.store.lifecycle import AttemptRow, CanceledJob, Claim
+from dispatcher.writers import writing
 from schemas.credentials import CredentialSecret
 from schemas.inference import InferenceRequest, InferenceResult
 from workers.announce import Outbox
@@ -131,7 +132,7 @@ class HopExecutor:
         """A canceled run's job to cancel at the provider, else the parked run's job to poll
         (once its poll is due); None when there is neither."""
         load = self.credentials.load
-        with self.engine.begin() as connection:
+        with writing(self.engine) as connection:
             dropped = lifecycle.drop_canceled_job(connection, run_id)
             if dropped is not None:
                 return self._give_up(dropped, load(connection, dropped.tenant_id, dropped.hop))
@@ -258,7 +259,7 @@ class HopExecutor:
         return None
 
     def _park(self, claim: Claim, job: dict[str, Any], poll_at: datetime) -> bool:
-        with self.engine.begin() as connection:
+        with writing(self.engine) as connection:
             grace_s = self.settings.lease_s
             parked = lifecycle.park(connection, claim, job, poll_at, grace_s=grace_s)
         if not parked:

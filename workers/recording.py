@@ -31,6 +31,7 @@ from dispatcher.db import utcnow
 from dispatcher.routing import Cooling
 from dispatcher.store import lifecycle
 from dispatcher.store.lifecycle import AttemptRow, Claim, Outcome
+from dispatcher.writers import writing
 from schemas.inference import InferenceResult
 from workers.announce import Outbox
 from workers.credentials import note_health
@@ -121,7 +122,7 @@ class Recorder:
     def _write(self, outcomes: list[Outcome], now: datetime) -> tuple[list[bool], set[str]]:
         """Record the outcomes at ``now`` and their credentials' health: which were recorded,
         and the tenants whose credential health changed."""
-        with self.engine.begin() as connection:
+        with writing(self.engine) as connection:
             recorded = lifecycle.record(
                 connection, outcomes, requeue_after_s=self.requeue_after_s, now=now
             )

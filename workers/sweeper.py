@@ -19,12 +19,13 @@ from sqlalchemy.exc import SQLAlchemyError
 from dispatcher.queue import enqueue_hop, enqueue_poll
 from dispatcher.settings import Settings
 from dispatcher.store import lifecycle
+from dispatcher.writers import writing
 
 log = structlog.get_logger(__name__)
 
 
 def renew_once(engine: Engine, held: dict[str, str], lease_s: float) -> int:
-    with engine.begin() as connection:
+    with writing(engine) as connection:
         return lifecycle.renew_leases(connection, dict(held), lease_s)
 
 
@@ -33,7 +34,7 @@ def sweep_once(
 ) -> int:
     """One sweep: hop messages for lapsed runs, poll messages for overdue jobs (their poll
     due for ``grace_s`` already). Returns how many runs were taken back."""
-    with engine.begin() as connection:
+    with writing(engine) as connection:
         taken = lifecycle.sweep(connection, requeue_after_s)
         polled = lifecycle.sweep_jobs(connection, grace_s)
     for run_id, hop_index, provider in taken:

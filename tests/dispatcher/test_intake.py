@@ -18,6 +18,7 @@ from dispatcher.settings import Settings
 from dispatcher.store import idempotency
 from dispatcher.store.runs import NewRun, new_run
 from tests.dispatcher.conftest import new_tenant
+from tests.support.statements import writes_in_turn
 
 CHAIN = [{"provider": "simulated", "credential": "shared", "model": "echo", "timeout_s": 60.0}]
 
@@ -143,3 +144,12 @@ def test_when_redis_fails_the_batch_keeps_nothing(
     assert _stored(services, runs) == 0
     with Session(services.engine) as session:
         assert session.exec(select(func.count()).select_from(IdempotencyKey)).one() == 0
+
+
+def test_the_intakes_writes_are_made_in_turn(services: Services, tenant_id: str) -> None:
+    """Its batch and, when Redis fails, the batch's deletion (``dispatcher.writers``)."""
+    if services.engine.dialect.name != "sqlite":
+        pytest.skip("turns are taken on a SQLite file")
+    with writes_in_turn(services.engine) as held:
+        assert _submit_all(services.intake, [Submission([_run(tenant_id)])]) == [None]
+    assert held and all(held), held

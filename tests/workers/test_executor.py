@@ -24,7 +24,7 @@ from dispatcher.settings import Settings
 from dispatcher.store import runs, tenants
 from dispatcher.vault import Keyring
 from schemas.hops import Hop
-from tests.support.statements import statements_run
+from tests.support.statements import statements_run, writes_in_turn
 from workers.actors import retry_infrastructure
 from workers.credentials import Credentials
 from workers.executor import HopExecutor
@@ -133,6 +133,21 @@ def test_messages_handed_over_together_are_claimed_in_one_statement_and_recorded
     attempts = redis_client.hget(f"{metrics}:attempts", '["simulated","succeeded","none"]')
     assert attempts == b"12"
     assert redis_client.hget(f"{metrics}:runs_finished", "succeeded") == b"12"
+
+
+def test_claims_and_outcomes_are_written_in_turn(
+    executor: HopExecutor, engine: Engine, tenant_id: str
+) -> None:
+    """``dispatcher.writers``: no writer of the run path waits on SQLite's sleeping lock."""
+    executor.writer.start()  # the fixture stops it
+    if engine.dialect.name != "sqlite":
+        pytest.skip("turns are taken on a SQLite file")
+    run_ids = [_new_run(engine, tenant_id) for _ in range(3)]
+    with writes_in_turn(engine) as held:
+        for thread in _hand_over(executor, [(run_id, 0) for run_id in run_ids]):
+            thread.join(10)
+        _until(lambda: all(run.status in TERMINAL for run in _runs(engine, tenant_id, run_ids)))
+    assert len(held) >= 3 and all(held), held  # the claim, the outcomes: their moves and rows
 
 
 def test_an_outcome_is_announced_only_after_its_commit(
