@@ -4,7 +4,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import DateTime, Engine, TypeDecorator, event, inspect
+from sqlalchemy import DateTime, Engine, TypeDecorator, event, inspect, make_url
 from sqlmodel import SQLModel, create_engine
 
 from dispatcher.jsontext import dumps, loads
@@ -47,16 +47,16 @@ def make_engine(url: str) -> Engine:
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
     if url.startswith("sqlite"):
-        path = url.split(":///", 1)[-1]
-        on_file = bool(path) and path != ":memory:"
-        if on_file:
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        database = make_url(url).database
+        file = Path(database) if database and database != ":memory:" else None
+        if file is not None:
+            file.parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(
             url, connect_args={"check_same_thread": False}, pool_size=16, **_JSON_COLUMNS
         )
         event.listen(engine, "connect", _sqlite_pragmas)
-        if on_file:
-            take_turns(engine, Path(path))
+        if file is not None:
+            take_turns(engine, file)
         return engine
     return create_engine(url, pool_size=16, max_overflow=16, pool_pre_ping=True, **_JSON_COLUMNS)
 

@@ -74,3 +74,12 @@ def test_without_a_file_there_is_no_turn_to_take() -> None:
     with writing(engine) as connection:
         assert connection.execute(text("SELECT 1")).scalar() == 1
     engine.dispose()
+
+
+def test_a_database_in_memory_leaves_no_file_behind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    for url in ("sqlite://", "sqlite:///:memory:"):
+        make_engine(url).dispose()
+    assert list(tmp_path.iterdir()) == []
