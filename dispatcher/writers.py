@@ -48,8 +48,12 @@ _TURNS: "weakref.WeakKeyDictionary[Engine, _Turn]" = weakref.WeakKeyDictionary()
 
 
 def take_turns(engine: Engine, path: Path) -> None:
-    """The run path's writers on ``engine`` (a SQLite file at ``path``) take turns."""
-    turn = _TURNS[engine] = _Turn(path)
+    """The run path's writers on ``engine`` (a SQLite file at ``path``) take turns; where the
+    lock file cannot be made (a folder this process may only read), they do not."""
+    try:
+        turn = _TURNS[engine] = _Turn(path)
+    except OSError:
+        return
     weakref.finalize(engine, os.close, turn.fd)
 
 

@@ -83,3 +83,16 @@ def test_a_database_in_memory_leaves_no_file_behind(
     for url in ("sqlite://", "sqlite:///:memory:"):
         make_engine(url).dispose()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_where_the_lock_file_cannot_be_made_writers_write_without_turns(tmp_path: Path) -> None:
+    """As in a folder the process may only read (a directory in its place stands for that
+    here: no user can open it as a file)."""
+    (tmp_path / "store.db-writers").mkdir()
+    engine = make_engine(f"sqlite:///{tmp_path / 'store.db'}")
+    with writing(engine) as connection:
+        connection.execute(text("CREATE TABLE t (id INTEGER PRIMARY KEY)"))
+        connection.execute(text("INSERT INTO t DEFAULT VALUES"))
+    with engine.connect() as connection:
+        assert connection.execute(text("SELECT count(*) FROM t")).scalar() == 1
+    engine.dispose()
