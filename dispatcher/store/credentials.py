@@ -98,11 +98,6 @@ def mark_unhealthy(session: Session, owner_id: str, name: str, reason: str) -> b
     return session.connection().execute(_HARM, params).rowcount == 1
 
 
-def mark_healthy(session: Session, owner_id: str, name: str) -> bool:
-    """Clear the flag; True only if it was unhealthy until now."""
-    return bool(mark_all_healthy(session.connection(), [(owner_id, name)]))
-
-
 def mark_all_healthy(connection: Connection, keys: Sequence[tuple[str, str]]) -> list[str]:
     """Clear the flag of each credential (owner id, name) in one statement; the owners of
     those that were unhealthy until now (one entry per credential)."""

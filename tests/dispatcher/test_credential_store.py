@@ -20,7 +20,7 @@ from dispatcher.store.credentials import (
     kek_ids_in_use,
     list_credentials,
     load_secret,
-    mark_healthy,
+    mark_all_healthy,
     mark_unhealthy,
     put_credential,
     rotate,
@@ -246,8 +246,8 @@ def test_health_marks_write_only_when_the_state_changes(session: Session, tenant
     assert found.health_reason.startswith("auth_failed")
     assert len(found.health_reason) == 200
 
-    assert mark_healthy(session, tenant, "main")
-    assert not mark_healthy(session, tenant, "main")
+    assert mark_all_healthy(session.connection(), [(tenant, "main")]) == [tenant]
+    assert mark_all_healthy(session.connection(), [(tenant, "main")]) == []
     session.commit()
     assert get_credential(session, tenant, "main") == found.model_copy(
         update={"healthy": True, "health_reason": None}
