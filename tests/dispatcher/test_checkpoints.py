@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine, text
 
-from dispatcher.checkpoints import WalCheckpointer
+from dispatcher.checkpoints import WalCheckpointer, pages_waiting
 from dispatcher.db import make_engine
 
 PAGE = 4096
@@ -60,17 +60,40 @@ def test_its_commits_leave_the_log_to_the_checkpointer(store: tuple[Engine, Path
         checkpoints.stop()
 
 
-def test_its_thread_checkpoints_every_interval(store: tuple[Engine, Path]) -> None:
+def test_the_pages_waiting_are_read_from_the_wal_index(store: tuple[Engine, Path]) -> None:
     engine, path = store
-    checkpoints = WalCheckpointer(engine, interval_s=0.05)
+    checkpoints = WalCheckpointer(engine, interval_s=3600)
+    checkpoints.start()
+    try:
+        write(engine, 30)
+        waiting = checkpoints.waiting_pages
+        assert waiting > 60
+        assert checkpoints.checkpoint() == waiting  # SQLite's own count of the log's frames
+        assert checkpoints.waiting_pages == 0
+        write(engine, 2)
+        assert 0 < checkpoints.waiting_pages < 10  # the log restarted from its beginning
+    finally:
+        checkpoints.stop()
+    assert pages_waiting(path.with_name("no-such-store.db-shm")) == 0
+
+
+def test_its_thread_checkpoints_once_enough_pages_wait(store: tuple[Engine, Path]) -> None:
+    """Not on every look: each checkpoint syncs the disk, and a sync can stall every commit."""
+    engine, path = store
+    checkpoints = WalCheckpointer(engine, interval_s=0.02, threshold_pages=100)
     checkpoints.start()
     try:
         size = path.stat().st_size
-        write(engine, 50)
+        write(engine, 20)
+        time.sleep(0.3)  # fifteen looks
+        assert 40 < checkpoints.waiting_pages < 100
+        assert path.stat().st_size == size  # nothing copied yet
+        write(engine, 20)  # past 100: copied, but for what was written after the look
         deadline = time.monotonic() + 10
-        while path.stat().st_size < size + 50 * PAGE and time.monotonic() < deadline:
+        while path.stat().st_size < size + 20 * PAGE and time.monotonic() < deadline:
             time.sleep(0.02)
-        assert path.stat().st_size >= size + 50 * PAGE
+        assert path.stat().st_size >= size + 20 * PAGE
+        assert checkpoints.waiting_pages < 100
         assert checkpoints.running
     finally:
         checkpoints.stop()
