@@ -17,11 +17,13 @@ The thread looks every ``interval_s`` and checkpoints once the log holds ``thres
 not yet copied, as often as SQLite's own commits would. A checkpoint syncs the log and the
 database file to disk; on a virtual disk such a sync took up to 350 ms, and the commits of
 every process writing the store stalled behind it for up to 90 ms (ext4 orders the writes
-of all files behind a sync). Checkpointing every 200 ms whatever the log held synced 15
-times a second across three processes, and put those stalls in the tail of a quiet system.
+of all files behind a sync). Checkpointing every 200 ms whatever the log held synced about
+22 times a second across three processes at 5 runs a second, and put those stalls in the
+tail of a quiet system.
 The pages waiting are read from the store's wal-index (``<store>-shm``, its header's
 ``mxFrame`` less its ``nBackfill``: https://www.sqlite.org/walformat.html), a 100-byte read
-that takes no lock.
+that takes no lock. Where it cannot be read, the thread does nothing and the commits'
+backstop keeps the log bounded.
 """
 
 import struct
@@ -52,6 +54,8 @@ class WalCheckpointer:
         self.engine = engine
         self.interval_s = interval_s
         self.threshold_pages = threshold_pages
+        database = engine.url.database
+        self._shm = Path(f"{database}-shm") if database else None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="wal-checkpoints", daemon=True)
 
@@ -91,8 +95,7 @@ class WalCheckpointer:
     @property
     def waiting_pages(self) -> int:
         """Pages in the log not yet copied into the database file (0 if unknown)."""
-        database = self.engine.url.database
-        return pages_waiting(Path(f"{database}-shm")) if database else 0
+        return pages_waiting(self._shm) if self._shm is not None else 0
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval_s):
