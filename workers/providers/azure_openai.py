@@ -11,7 +11,7 @@ are OpenAI's (``workers.providers.openai``).
 """
 
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 from schemas.credentials import AzureOpenAICredential
 from schemas.inference import InferenceRequest, InferenceResult
@@ -50,8 +50,6 @@ def _route(secret: AzureOpenAICredential, endpoint: str, deployment: str) -> dic
             "url": f"{endpoint}/openai/v1/chat/completions",
             "headers": {"Authorization": f"Bearer {key}"},
         }
-    return {
-        "url": f"{endpoint}/openai/deployments/{quote(deployment, safe='')}/chat/completions",
-        "params": {"api-version": secret.api_version},
-        "headers": {"api-key": key},
-    }
+    path = f"/openai/deployments/{quote(deployment, safe='')}/chat/completions"
+    query = urlencode({"api-version": secret.api_version})
+    return {"url": f"{endpoint}{path}?{query}", "headers": {"api-key": key}}

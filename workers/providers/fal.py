@@ -45,7 +45,9 @@ from workers.providers.http import (
     dig,
     error_from,
     json_body,
+    json_object,
     request_json,
+    scrubbed,
     transport_errors,
 )
 
@@ -134,13 +136,13 @@ class FalAdapter(HttpAdapter):
         self._check_urls(job)
         key = _key(credential)
         with transport_errors([key]):
-            response = await self.client.put(
-                job.cancel_url, headers=_auth(key), timeout=POLL_TIMEOUT_S
+            answer = await self.client.call(
+                "PUT", job.cancel_url, headers=_auth(key), timeout_s=POLL_TIMEOUT_S
             )
-        answer = json_body(response).get("status")
-        if answer in _CANCEL_ANSWERS:
-            return str(answer)
-        raise error_for(response)
+        status = json_object(answer.content).get("status")
+        if status in _CANCEL_ANSWERS:
+            return str(status)
+        raise scrubbed(error_for(answer.response()), [key])
 
     async def _call(
         self,

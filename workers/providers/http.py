@@ -1,4 +1,4 @@
-"""Shared httpx plumbing for the HTTP provider adapters.
+"""Shared plumbing for the HTTP provider adapters: one client, errors translated once, JSON read.
 
 An adapter subclasses ``HttpAdapter`` (it keeps ``self.settings`` and one ``self.client``, built
 once per worker process and closed by ``aclose``) and calls providers through ``request_json``::
@@ -27,18 +27,16 @@ Failures, translated here once::
 Public names:
 
 - ``HttpAdapter(settings)``: base class holding ``settings`` and ``client``; ``aclose()``.
-- ``new_client(**options)``: one ``ProviderClient`` (an ``httpx.AsyncClient`` whose ``call``
-  sends straight to its transport) over ``AiohttpTransport`` (no connection cap, no retries,
-  no redirects, no proxies or CA files from the environment: ``Settings`` is the one place
-  that reads it); ``verify=`` (an ``ssl.SSLContext``) goes to the transport, ``transport=``
-  replaces it, other options go to ``httpx.AsyncClient``.
+- ``new_client(verify=None)``: one ``ProviderClient`` (``workers.providers.client``: no
+  connection cap, no retries, no redirects, no cookies, no proxies or CA files from the
+  environment: ``Settings`` is the one place that reads it), trusting ``verify``.
 - ``tls_context()``: the process's shared default TLS context.
 - ``request_json(client, method, url, ...)``: send one call, return its JSON object.
 - ``transport_errors(secrets)``: context manager translating httpx exceptions.
 - ``error_from(response, error_class, message)``: a ``ProviderError`` with status and retry delay.
 - ``retry_after_s(response)``: seconds to wait, from every place providers put it.
 - ``google_details(body, kind)``: the ``google.rpc`` details of one kind in a Google error body.
-- ``json_body(response)``, ``dig(data, *path)``, ``int_at(data, *path)``,
+- ``json_body(response)``, ``json_object(content)``, ``dig(data, *path)``, ``int_at(data, *path)``,
   ``joined_text(parts, keep)``: read JSON answers.
 - ``scrub(text, secrets)``: the text with each secret, and its first 8 characters on, masked.
 - ``require_allowed(url, patterns)``: refuse a tenant-supplied URL off the host allow-list.
@@ -63,7 +61,7 @@ from dispatcher.jsontext import dumps_bytes, loads
 from dispatcher.settings import Settings
 from schemas.errors import ErrorClass
 from schemas.inference import ChatInput, ChatMessage, InferenceRequest, Usage
-from workers.providers.aiohttp_transport import AiohttpTransport
+from workers.providers.client import ProviderClient
 from workers.providers.errors import ProviderError, parse_retry_after
 
 #: How long an idle provider connection is kept for the next call.
@@ -88,66 +86,10 @@ class HttpAdapter:
         await self.client.aclose()
 
 
-def new_client(**options: Any) -> "ProviderClient":
-    """The one client of an adapter. A worker process holds ``max_in_flight`` (1000+) calls at
-    once through it, so its transport has no connection cap and costs the same per call however
-    many are open (``AiohttpTransport``: httpx's own pool scans them all on every call)."""
-    verify: ssl.SSLContext = options.pop("verify", None) or tls_context()
-    if "transport" not in options:
-        options["transport"] = AiohttpTransport(verify=verify, keepalive_s=KEEPALIVE_S)
-    defaults: dict[str, Any] = {
-        "timeout": httpx.Timeout(60.0),
-        "follow_redirects": False,
-        "trust_env": False,
-    }
-    return ProviderClient(**(defaults | options))
-
-
-class _NoCookies(httpx.Cookies):
-    """Takes no cookie and adds none, without reading an answer to find out."""
-
-    def extract_cookies(self, response: httpx.Response) -> None:
-        return None
-
-    def set_cookie_header(self, request: httpx.Request) -> None:
-        return None
-
-
-class ProviderClient(httpx.AsyncClient):
-    """An ``httpx.AsyncClient`` that keeps no cookies: one client serves every tenant, so a
-    cookie a provider set on one tenant's call must never ride along on another's. (A jar
-    that refuses every cookie would do, but httpx converts every answer and its request for
-    the jar to look at: a few per cent of a worker's CPU.)
-
-    ``call`` sends one request straight to the transport, without the auth flow, redirect loop,
-    cookie handling and event hooks of ``request``, none of which a provider call uses (its
-    credentials are its headers; redirects are never followed): a tenth of a worker's CPU."""
-
-    def __init__(self, *, transport: httpx.AsyncBaseTransport, **options: Any) -> None:
-        super().__init__(transport=transport, **options)
-        self._sender = transport
-
-    async def call(self, method: str, url: str, **options: Any) -> httpx.Response:
-        """``request(method, url, **options)``, its answer read whole."""
-        request = self.build_request(method, url, **options)
-        response = await self._sender.handle_async_request(request)
-        response.request = request
-        try:
-            await response.aread()
-        finally:
-            await response.aclose()
-        return response
-
-    @property
-    def cookies(self) -> httpx.Cookies:
-        return _NO_COOKIES
-
-    @cookies.setter
-    def cookies(self, cookies: Any) -> None:
-        return None
-
-
-_NO_COOKIES = _NoCookies()
+def new_client(verify: ssl.SSLContext | None = None) -> ProviderClient:
+    """The one client of an adapter (``workers.providers.client``), trusting ``verify`` (the
+    process's default TLS context when None)."""
+    return ProviderClient(verify=verify or tls_context(), keepalive_s=KEEPALIVE_S)
 
 
 @cache
@@ -165,22 +107,28 @@ async def request_json(
     on_error: ErrorMapper,
     secrets: Iterable[str] = (),
     timeout_s: float = 60.0,
-    **kwargs: Any,
+    headers: dict[str, str] | None = None,
+    json: Any = None,
+    content: bytes | None = None,
 ) -> dict[str, Any]:
-    """One call: its JSON object, or a scrubbed ``ProviderError``. ``kwargs`` go to httpx."""
+    """One call (``json``, encoded here, or ``content`` as its body): its JSON object, or a
+    scrubbed ``ProviderError``."""
     secrets = list(secrets)
-    if "json" in kwargs:  # orjson: several times faster than httpx's encoder, same bytes
-        kwargs["content"] = dumps_bytes(kwargs.pop("json"))
-        kwargs["headers"] = httpx.Headers(kwargs.get("headers"))
-        kwargs["headers"].setdefault("content-type", "application/json")
+    if json is not None:  # orjson: several times faster than the standard encoder, same bytes
+        content = dumps_bytes(json)
+        headers = dict(headers or {})
+        if not any(name.lower() == "content-type" for name in headers):
+            headers["content-type"] = "application/json"
     with transport_errors(secrets):
-        response = await client.call(method, url, timeout=timeout_s, **kwargs)
-    if response.is_error:
-        raise scrubbed(on_error(response), secrets)
-    body = json_body(response)
+        answer = await client.call(
+            method, url, headers=headers, content=content, timeout_s=timeout_s
+        )
+    if answer.is_error:
+        raise scrubbed(on_error(answer.response()), secrets)
+    body = json_object(answer.content)
     if not body:
         raise ProviderError(
-            "provider_error", "the answer carries no JSON object", status_code=response.status_code
+            "provider_error", "the answer carries no JSON object", status_code=answer.status
         )
     return body
 
@@ -293,8 +241,13 @@ def google_details(body: dict[str, Any], kind: str) -> list[dict[str, Any]]:
 
 def json_body(response: httpx.Response) -> dict[str, Any]:
     """The answer's JSON object; ``{}`` when it is none (a list is read as its first item)."""
+    return json_object(response.content)
+
+
+def json_object(content: bytes) -> dict[str, Any]:
+    """``json_body`` of an answer's bytes."""
     try:
-        body = loads(response.content)
+        body = loads(content)
     except ValueError:
         return {}
     if isinstance(body, list) and body:

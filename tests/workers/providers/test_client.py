@@ -1,4 +1,4 @@
-"""The transport under every adapter's client, against raw loopback servers: what goes on the
+"""The client under every adapter, against raw loopback servers: what goes on the
 wire, connections kept and not retried, and each way a call can fail, as ``request_json``
 reports it."""
 
@@ -21,7 +21,7 @@ from starlette.routing import Route
 from tests.fakes.server import FakeServer
 from tests.fakes.tls import SelfSigned, self_signed
 from workers.providers.errors import ProviderError
-from workers.providers.http import new_client, request_json
+from workers.providers.http import error_from, new_client, request_json
 
 SECRET = "sk-live-0123456789abcdef"
 OK = b'{"ok": true}'
@@ -105,6 +105,7 @@ def call(
 ) -> tuple[Raw, list[dict[str, Any] | ProviderError]]:
     """``times`` calls in turn through one client; each one's JSON object or ``ProviderError``."""
     kwargs.setdefault("method", "GET")
+    kwargs.setdefault("on_error", _as_error)
     path = kwargs.pop("path", "/")
 
     async def run() -> tuple[Raw, list[dict[str, Any] | ProviderError]]:
@@ -112,9 +113,7 @@ def call(
         async with serving(answer) as raw, new_client() as client:
             for _ in range(times):
                 try:
-                    outcomes.append(
-                        await request_json(client, url=raw.url + path, on_error=_as_error, **kwargs)
-                    )
+                    outcomes.append(await request_json(client, url=raw.url + path, **kwargs))
                 except ProviderError as error:
                     outcomes.append(error)
         return raw, outcomes
@@ -128,7 +127,7 @@ def failure(answer: Answer, **kwargs: Any) -> ProviderError:
     return outcome
 
 
-def test_the_request_goes_out_as_httpx_built_it() -> None:
+def test_the_request_goes_out_as_the_adapter_wrote_it() -> None:
     raw, outcomes = call(
         answer_ok,
         method="POST",
@@ -146,27 +145,14 @@ def test_the_request_goes_out_as_httpx_built_it() -> None:
     assert [x for x in lines if x.lower().startswith(b"host:")] == [
         f"Host: {raw.url.removeprefix('http://')}".encode()
     ]
-    assert [x for x in lines if x.startswith(b"User-Agent:")] == [
-        f"User-Agent: python-httpx/{httpx.__version__}".encode()
+    assert [x for x in lines if x.lower().startswith(b"user-agent:")] == [
+        b"User-Agent: byok-dispatcher/1"
     ]
+    assert b"Accept-Encoding: gzip, deflate" in lines
     assert f"Content-Length: {len(body)}".encode() in lines
     assert json.loads(body) == {"prompt": "hé"}
     assert b"aiohttp" not in raw.requests[0].lower()
     assert not any(x.lower().startswith(b"transfer-encoding") for x in lines)
-
-
-def test_a_streamed_body_goes_out_chunked() -> None:
-    async def parts() -> AsyncIterator[bytes]:
-        yield b'{"prompt": '
-        yield b'"hi"}'
-
-    raw, outcomes = call(answer_ok, method="POST", content=parts())
-
-    assert outcomes == [{"ok": True}]
-    request_head, body = raw.requests[0].split(b"\r\n\r\n", 1)
-    assert b"Transfer-Encoding: chunked" in request_head.split(b"\r\n")
-    assert b"content-length" not in request_head.lower()
-    assert body.endswith(b"\r\n0\r\n\r\n") and b'"hi"}' in body
 
 
 def test_calls_in_turn_share_one_kept_alive_connection() -> None:
@@ -201,6 +187,40 @@ def test_a_gzip_answer_is_decoded_once() -> None:
     _, outcomes = call(gzipped)
 
     assert outcomes == [{"ok": True}]
+
+
+def test_an_answer_that_does_not_decode_is_a_provider_error() -> None:
+    async def not_gzip(raw: Raw, reader: StreamReader, writer: StreamWriter) -> None:
+        await raw.read(reader)
+        writer.write(head("200 OK", len(OK), "Content-Encoding: gzip") + OK)
+        await writer.drain()
+
+    error = failure(not_gzip)
+
+    assert error.error_class == "provider_error"
+    assert error.message.startswith("DecodingError")
+
+
+def test_an_error_answer_goes_through_the_mapping_and_loses_the_secret() -> None:
+    async def echo(raw: Raw, reader: StreamReader, writer: StreamWriter) -> None:
+        request = await raw.read(reader)
+        key = next(
+            line.split(b": ", 1)[1].decode()
+            for line in request.split(b"\r\n")
+            if line.lower().startswith(b"x-key:")
+        )
+        body = json.dumps({"message": f"bad key {key}, {key[:8]}..."}).encode()
+        writer.write(head("401 Unauthorized", len(body), "Content-Type: application/json") + body)
+        await writer.drain()
+
+    def mapping(response: httpx.Response) -> ProviderError:
+        return error_from(response, "auth_failed", response.json()["message"])
+
+    _, (error,) = call(echo, headers={"x-key": SECRET}, on_error=mapping, secrets=[SECRET])
+
+    assert isinstance(error, ProviderError)
+    assert (error.error_class, error.status_code) == ("auth_failed", 401)
+    assert error.message == "bad key [redacted], [redacted]..."
 
 
 def test_a_connection_dropped_before_the_answer_is_a_connection_error_sent_once() -> None:
