@@ -167,16 +167,12 @@ def _httpx_errors() -> Iterator[None]:
     try:
         yield
     except Exception as exc:
-        if isinstance(exc, aiohttp.ClientPayloadError) and _undecodable(exc):
-            raise httpx.DecodingError(_text(exc)) from None
+        if isinstance(exc.__cause__, ContentEncodingError):  # a body that does not decode
+            raise httpx.DecodingError(exc.__cause__.message) from None
         mapped = next((to for source, to in _ERRORS if isinstance(exc, source)), None)
         if mapped is None:
             raise
         raise mapped(_text(exc)) from None
-
-
-def _undecodable(exc: BaseException) -> bool:
-    return isinstance(exc.__cause__, ContentEncodingError) or "content-encoding" in str(exc)
 
 
 def _text(exc: Exception) -> str:
