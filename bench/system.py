@@ -7,7 +7,6 @@ logging to ``<workdir>/<name>.log``, and stopped with the harness (SIGTERM, then
 
 import base64
 import contextlib
-import ctypes
 import json
 import os
 import re
@@ -30,6 +29,7 @@ from bench.target import BENCH_KEY, Target
 from dispatcher.db import init_db, make_engine
 from dispatcher.embedded_redis import EmbeddedRedis
 from dispatcher.events import run_stream_name
+from dispatcher.process import die_with_parent
 from dispatcher.settings import Settings
 from dispatcher.tenancy import create_tenant_with_key
 
@@ -99,11 +99,6 @@ def raise_open_files_limit() -> int:
         with contextlib.suppress(ValueError, OSError):
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-
-
-def _die_with_parent() -> None:
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 class BenchSystem:
@@ -181,7 +176,7 @@ class BenchSystem:
             cwd=REPO,
             stdout=log,
             stderr=log,
-            preexec_fn=_die_with_parent,
+            preexec_fn=die_with_parent,
         )
 
     def _cli(self, *args: str) -> None:
