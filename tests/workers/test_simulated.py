@@ -43,3 +43,11 @@ def test_an_input_with_nothing_to_say_is_an_invalid_request() -> None:
     with pytest.raises(ProviderError) as failure:
         _invoke({})
     assert failure.value.error_class == "invalid_request"
+
+
+def test_an_input_of_the_wrong_shape_is_an_invalid_request_naming_the_field() -> None:
+    """Not an adapter error, which would send the run down its chain for nothing."""
+    with pytest.raises(ProviderError) as failure:
+        _invoke({"prompt": 3})
+    assert failure.value.error_class == "invalid_request"
+    assert "prompt" in str(failure.value)

@@ -9,8 +9,9 @@ import asyncio
 from typing import Any
 
 from dispatcher.settings import Settings
-from schemas.inference import ChatInput, InferenceRequest, InferenceResult, Usage
+from schemas.inference import InferenceRequest, InferenceResult, Usage
 from workers.providers.errors import ProviderError, class_for_status
+from workers.providers.http import chat_input
 
 
 def _text(content: Any) -> str:
@@ -32,12 +33,7 @@ class SimulatedAdapter:
             await asyncio.sleep(latency_ms / 1000)
         if shape.get("fail_with"):
             self._fail(int(shape["fail_with"]), shape.get("retry_after_s"))
-        chat = ChatInput.model_validate(shape)
-        turns = chat.conversation()
-        if not turns:
-            raise ProviderError(
-                "invalid_request", "input needs 'prompt' or 'messages'", status_code=400
-            )
+        turns = chat_input(request).conversation()
         prompt = _text(turns[-1].content)
         words_in = sum(len(_text(turn.content).split()) for turn in turns)
         words_out = len(prompt.split())
